@@ -1,0 +1,302 @@
+"""Site settings: one YAML file (``gateway.yaml``), validated by one model.
+
+A site describes its hub, its Slurm cluster, the session profiles and the
+per-group limits here; nothing else needs Python.  A bad file is refused at
+start with the key, the value and why (``profiles[2].cpus.default: 0 is less
+than 1``), never half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_VAR = "BIOIMAGE_GATEWAY_CONFIG"
+DEFAULT_PATH = Path("/etc/bioimage-gateway/gateway.yaml")
+
+# Names that reach sbatch options.  They come from the site, but are still held
+# to the characters Slurm allows so a typo cannot inject a second option.
+SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]{0,31}$")]
+GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+
+
+class SettingsError(ValueError):
+    """The site settings file cannot be used; the message names each problem."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos; refuse them rather than silently ignore them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Model):
+    """A resource a user may adjust: the form starts at ``default``, never exceeds ``max``."""
+
+    default: int = Field(ge=0)
+    max: int = Field(ge=0, le=100_000)
+    min: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.min <= self.default <= self.max:
+            raise ValueError(
+                f"needs min <= default <= max, got min={self.min}, "
+                f"default={self.default}, max={self.max}"
+            )
+        return self
+
+
+class PositiveRange(Range):
+    default: int = Field(ge=1)
+    max: int = Field(ge=1, le=100_000)
+    min: int = Field(default=1, ge=1)
+
+
+class HubSettings(_Model):
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="URL users open in their browser.",
+    )
+    ip: str = Field(default="127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_ip: str = Field(default="127.0.0.1", description="Address the hub API listens on.")
+    api_port: int = Field(default=8081, ge=1, le=65535)
+    api_connect_url: str = Field(
+        default="",
+        description="URL compute nodes use to reach the hub API; "
+        "default http://<api_ip>:<api_port>.",
+    )
+    proxy_api_port: int = Field(default=8001, ge=1, le=65535)
+    data_dir: Path = Field(
+        default=Path("/var/lib/bioimage-gateway"),
+        description="Hub state: database, cookie secret, proxy token.",
+    )
+    db_url: str = Field(
+        default="", description="SQLAlchemy URL; default SQLite in data_dir."
+    )
+    admin_users: list[str] = Field(default_factory=list)
+    announcement: str = ""
+
+
+class DummyAuth(_Model):
+    """Local accounts for the devstack and the demo only."""
+
+    provider: Literal["dummy"]
+    users_file: Path = Field(
+        description='JSON list of {"username", "password", "groups"} objects.'
+    )
+
+
+AuthSettings = DummyAuth
+
+
+class SlurmSettings(_Model):
+    conf: Path = Field(
+        default=Path("/etc/slurm/slurm.conf"),
+        description="slurm.conf the Slurm commands read (SLURM_CONF).",
+    )
+    bin_dir: Path = Field(default=Path("/usr/bin"))
+    poll_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds between job-state checks while a session starts.",
+    )
+    default_walltime_hours: int = Field(default=8, ge=1, le=24 * 30)
+    partitions: list[SlurmName] = Field(default_factory=list)
+    accounts: list[SlurmName] = Field(default_factory=list)
+    qos: list[SlurmName] = Field(default_factory=list)
+    reservations: list[SlurmName] = Field(default_factory=list)
+    sudo: str = Field(
+        default="/usr/bin/sudo",
+        description="sudo used to run Slurm commands as the user.",
+    )
+
+
+class Profile(_Model):
+    slug: Slug
+    display_name: str = Field(min_length=1, max_length=80)
+    description: str = ""
+    partition: SlurmName
+    account: SlurmName | None = None
+    qos: SlurmName | None = None
+    reservation: SlurmName | None = None
+    cpus: PositiveRange
+    memory_gb: PositiveRange
+    gpus: Range = Range(default=0, max=0)
+    walltime_hours: PositiveRange
+    groups: list[GroupName] = Field(
+        default_factory=list,
+        description="Groups allowed to use this profile; empty means every user.",
+    )
+
+
+class GroupLimits(_Model):
+    max_sessions: int = Field(default=1, ge=0, le=1000)
+    max_cpus: int | None = Field(default=None, ge=1)
+    max_memory_gb: int | None = Field(default=None, ge=1)
+    max_gpus: int | None = Field(default=None, ge=0)
+    max_walltime_hours: int | None = Field(default=None, ge=1)
+
+
+class SessionSettings(_Model):
+    environment: Path = Field(
+        description="Prefix of the Python environment sessions run in "
+        "(a virtual environment or conda prefix readable by every user).",
+    )
+    default_url: str = "/lab"
+    start_timeout: int = Field(default=300, ge=10, le=86_400)
+    http_timeout: int = Field(default=60, ge=5, le=3600)
+    listen_ip: str = Field(
+        default="0.0.0.0", description="Address the session listens on, on its node."
+    )
+    log_dir: str = Field(
+        default=".bioimage-gateway/logs",
+        pattern=r"^[A-Za-z0-9_.\-/]+$",
+        description="Job logs, relative to the user's home directory.",
+    )
+    prologue: str = Field(
+        default="",
+        description="Site shell lines run in the job before the session starts "
+        "(module loads); written by the site, never by users.",
+    )
+
+    @field_validator("log_dir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path inside the home directory")
+        return value
+
+
+class GatewaySettings(_Model):
+    hub: HubSettings = HubSettings()
+    auth: AuthSettings | None = Field(
+        default=None, discriminator="provider", description="How users log in."
+    )
+    slurm: SlurmSettings = SlurmSettings()
+    profiles: list[Profile] = Field(min_length=1)
+    group_limits: dict[GroupName, GroupLimits] = Field(default_factory=dict)
+    default_limits: GroupLimits = GroupLimits()
+    scratch_root: Path = Path("/scratch")
+    session: SessionSettings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GatewaySettings":
+        slugs = [p.slug for p in self.profiles]
+        for index, slug in enumerate(slugs):
+            if slug in slugs[:index]:
+                raise ValueError(f"profiles[{index}].slug: {slug!r} is used twice")
+        allowed = {
+            "partition": self.slurm.partitions,
+            "account": self.slurm.accounts,
+            "qos": self.slurm.qos,
+            "reservation": self.slurm.reservations,
+        }
+        for index, profile in enumerate(self.profiles):
+            for key, known in allowed.items():
+                value = getattr(profile, key)
+                # An empty list in `slurm:` means the site did not enumerate them.
+                if value is not None and known and value not in known:
+                    raise ValueError(
+                        f"profiles[{index}].{key}: {value!r} is not one of "
+                        f"slurm.{key if key != 'partition' else 'partitions'} {known}"
+                    )
+        return self
+
+    def profile(self, slug: str) -> Profile | None:
+        return next((p for p in self.profiles if p.slug == slug), None)
+
+    @property
+    def hub_connect_url(self) -> str:
+        return self.hub.api_connect_url or f"http://{self.hub.api_ip}:{self.hub.api_port}"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue  # pydantic's internal validator frames
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = _location(error["loc"])
+    message = _PYDANTIC_PREFIX.sub("", error["msg"])
+    if error["type"] == "greater_than_equal":
+        message = f"is less than {error['ctx']['ge']}"
+    elif error["type"] == "less_than_equal":
+        message = f"is more than {error['ctx']['le']}"
+    elif error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    elif error["type"] == "missing":
+        return f"{where}: required key is missing"
+    value = error.get("input")
+    if isinstance(value, (dict, list)) or (
+        error["type"] == "value_error" and message.split(":")[0].startswith(("profiles[",))
+    ):
+        return f"{where}: {message}" if where else message
+    return f"{where}: {value!r} {message}" if where else message
+
+
+def parse_settings(data: Any, source: str = "gateway.yaml") -> GatewaySettings:
+    """Validate already-loaded YAML data; raise SettingsError naming every problem."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"{source}: the top level must be a mapping of keys")
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors(include_url=False)]
+        raise SettingsError(
+            f"{source} is not valid:\n" + "\n".join(f"  {p}" for p in problems)
+        ) from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> GatewaySettings:
+    """Read and validate the site's settings file.
+
+    The path is the argument, else ``$BIOIMAGE_GATEWAY_CONFIG``, else
+    ``/etc/bioimage-gateway/gateway.yaml``.
+    """
+    path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_settings(data, source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = GatewaySettings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "BioImage Gateway site settings (gateway.yaml)"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

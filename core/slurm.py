@@ -1,0 +1,223 @@
+"""Talking to Slurm: every command runs without a shell, from a fixed argv.
+
+Queries run as the calling account (no sudo: anyone may read the queue);
+only submitting, cancelling and reading a user's own files go through
+``sudo -u USER``.  A query that fails for any reason other than "no such job"
+raises :class:`SchedulerUnavailable`, so a busy or restarting slurmctld is
+never mistaken for a job that has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+POSIX_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+JOB_ID = re.compile(r"^[0-9]{1,12}$")
+
+PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
+RUNNING_STATES = {"RUNNING", "COMPLETING"}
+# squeue's format: id, state, batch host, (expected) start time, reason.
+SQUEUE_FORMAT = "%i|%T|%B|%S|%r"
+
+
+class SchedulerUnavailable(RuntimeError):
+    """Slurm did not answer (controller down, busy or restarting)."""
+
+
+class SubmitError(RuntimeError):
+    """sbatch refused the job; the message is Slurm's own."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    state: str
+    node: str = ""
+    start_time: str = ""
+    reason: str = ""
+    exit_code: str = ""
+    stdout_path: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING_STATES
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    @property
+    def finished(self) -> bool:
+        return not (self.pending or self.running)
+
+    def describe(self) -> str:
+        parts = [self.state]
+        if self.reason and self.reason not in ("None", "(null)"):
+            parts.append(f"reason: {self.reason}")
+        if self.exit_code and self.exit_code != "0:0":
+            parts.append(f"exit code {self.exit_code}")
+        return ", ".join(parts)
+
+
+def check_username(username: str) -> str:
+    if not POSIX_USERNAME.match(username):
+        raise ValueError(f"{username!r} is not a valid POSIX account name")
+    return username
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise ValueError(f"{job_id!r} is not a Slurm job id")
+    return job_id
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_argv(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+) -> CommandResult:
+    """Run a command from an argv list (never a shell) and collect its output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=dict(env) if env is not None else None,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(input.encode() if input is not None else None), timeout
+        )
+    except BaseException:
+        # Timed out or cancelled: never leave the child behind.
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    return CommandResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+class SlurmClient:
+    """The Slurm commands the gateway needs, bound to one cluster's slurm.conf."""
+
+    def __init__(
+        self,
+        conf: Path,
+        bin_dir: Path = Path("/usr/bin"),
+        sudo: str = "/usr/bin/sudo",
+        timeout: float = 30,
+    ):
+        self.conf = Path(conf)
+        self.bin_dir = Path(bin_dir)
+        self.sudo = sudo
+        self.timeout = timeout
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def as_user(self, username: str, argv: Sequence[str], keep_env: Sequence[str] = ()) -> list[str]:
+        """``sudo -u USER`` with an explicit list of variables kept, never ``-E``."""
+        check_username(username)
+        prefix = [self.sudo, "-n"]
+        names = sorted({"SLURM_CONF", *keep_env})
+        prefix.append("--preserve-env=" + ",".join(names))
+        return [*prefix, "-u", username, *argv]
+
+    async def submit(self, username: str, script: str, env: Mapping[str, str]) -> str:
+        """Submit a batch script as the user; return the job id."""
+        argv = self.as_user(username, [self._bin("sbatch"), "--parsable"], keep_env=list(env))
+        full_env = {**self.env, **env}
+        result = await run_argv(argv, env=full_env, input=script, timeout=self.timeout)
+        if result.returncode != 0:
+            raise SubmitError(result.stderr.strip() or f"sbatch exited {result.returncode}")
+        # --parsable prints "id" or "id;cluster"; Slurm may print warnings first.
+        last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        job_id = last.split(";")[0]
+        return check_job_id(job_id)
+
+    async def cancel(self, username: str, job_id: str) -> None:
+        argv = self.as_user(username, [self._bin("scancel"), check_job_id(job_id)])
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            raise SchedulerUnavailable(result.stderr.strip() or "scancel failed")
+
+    async def job(self, job_id: str) -> JobInfo | None:
+        """The job as the queue shows it; None once it has left the queue."""
+        argv = [self._bin("squeue"), "-h", "-j", check_job_id(job_id), "-o", SQUEUE_FORMAT]
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0:
+            if "Invalid job id specified" in result.stderr:
+                return None
+            raise SchedulerUnavailable(result.stderr.strip() or "squeue failed")
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        if not lines:
+            return None
+        return parse_squeue_line(lines[0])
+
+    async def job_record(self, job_id: str) -> JobInfo | None:
+        """How a job ended, from the controller's record (kept MinJobAge seconds)."""
+        argv = [self._bin("scontrol"), "-o", "show", "job", check_job_id(job_id)]
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0:
+            if "Invalid job id specified" in result.stderr:
+                return None
+            raise SchedulerUnavailable(result.stderr.strip() or "scontrol failed")
+        return parse_scontrol_job(result.stdout)
+
+    async def tail_file(self, username: str, path: str, lines: int = 30) -> str:
+        """The last lines of a file the user owns (job logs live in their home)."""
+        argv = self.as_user(username, ["/usr/bin/tail", "-n", str(int(lines)), "--", path])
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        return result.stdout if result.returncode == 0 else ""
+
+    async def make_user_dir(self, username: str, path: str) -> None:
+        argv = self.as_user(username, ["/usr/bin/mkdir", "-p", "-m", "0700", "--", path])
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0:
+            raise SubmitError(f"cannot create {path} as {username}: {result.stderr.strip()}")
+
+
+def parse_squeue_line(line: str) -> JobInfo:
+    job_id, state, node, start, reason = (line.strip().split("|", 4) + [""] * 5)[:5]
+    return JobInfo(
+        job_id=job_id,
+        state=state,
+        node="" if node in ("n/a", "(null)") else node,
+        start_time="" if start in ("N/A", "Unknown", "(null)") else start,
+        reason=reason,
+    )
+
+
+_SCONTROL_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def parse_scontrol_job(text: str) -> JobInfo | None:
+    fields = dict(_SCONTROL_FIELD.findall(text))
+    if "JobId" not in fields:
+        return None
+    return JobInfo(
+        job_id=fields["JobId"],
+        state=fields.get("JobState", "UNKNOWN"),
+        node=fields.get("BatchHost", ""),
+        reason=fields.get("Reason", ""),
+        exit_code=fields.get("ExitCode", ""),
+        stdout_path=fields.get("StdOut", ""),
+    )

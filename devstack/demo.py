@@ -1,0 +1,97 @@
+"""``bioimage-gateway demo``: the local stack plus a hub, in the foreground.
+
+Prints ``BioImage Gateway ready at URL`` once a user can log in; on SIGINT or
+SIGTERM it stops the hub, cancels every session job and stops the stack,
+leaving no process and no Slurm job behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from .processes import stop_pid, wait_until
+from .stack import Devstack
+
+
+def hub_config_path() -> Path:
+    return Path(str(resources.files("bioimage_gateway.hub_config").joinpath("jupyterhub_config.py")))
+
+
+def hub_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/hub/login", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class HubProcess:
+    """JupyterHub configured from a gateway.yaml, as a child process."""
+
+    def __init__(self, settings_path: Path, workdir: Path, log_path: Path | None = None):
+        self.settings_path = settings_path
+        self.workdir = workdir
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, url: str, timeout: float = 120) -> None:
+        env = {**os.environ, "BIOIMAGE_GATEWAY_CONFIG": str(self.settings_path)}
+        # configurable-http-proxy comes from npm's global prefix.
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/local/bin"
+        out = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(hub_config_path())],
+            cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+        )
+        try:
+            wait_until(lambda: hub_answers(url) or self.proc.poll() is not None, timeout, "the hub")
+        except RuntimeError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the hub exited with status {self.proc.returncode} at start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            stop_pid(self.proc.pid, timeout=30)
+            self.proc.wait()
+
+
+def run_demo(state_dir: Path, port: int) -> int:
+    stack = Devstack(state_dir)
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    hub = None
+    try:
+        record = stack.up(hub_port=port)
+        hub = HubProcess(Path(record["gateway_yaml"]), state_dir, log_path=state_dir / "hub.log")
+        hub.start(record["hub_url"])
+        print(f"Demo users (password): "
+              + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))
+        print(f"Hub log: {state_dir / 'hub.log'}")
+        print(f"BioImage Gateway ready at {record['hub_url']}", flush=True)
+        while not stopping.is_set():
+            if hub.proc.poll() is not None:
+                print(f"the hub exited with status {hub.proc.returncode}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        print("Stopping BioImage Gateway...", flush=True)
+        return 0
+    finally:
+        if hub:
+            hub.stop()
+        stack.down()

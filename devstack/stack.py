@@ -1,0 +1,233 @@
+"""``bioimage-gateway devstack up|down``: the local stack the tests and the demo run on.
+
+``up`` starts munge and Slurm, creates the demo Unix users, checks that the
+session environment is readable by them, and writes into the state directory:
+
+* ``devstack.json``  what was started: endpoints, PIDs, users, paths;
+* ``demo-users.json`` the demo accounts, passwords and groups;
+* ``gateway.yaml``   site settings for a hub on this stack.
+
+``down`` cancels every job and stops every daemon by the PIDs recorded there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .processes import alive, free_port, run
+from .slurm import LocalSlurm
+
+# Passwords are for a stack on loopback only; they are listed in the README.
+DEMO_USERS = [
+    {"username": "alice", "password": "alice-demo", "groups": ["imaging"]},
+    {"username": "bob", "password": "bob-demo", "groups": ["imaging"]},
+    {"username": "tom", "password": "tom-demo", "groups": ["trainers"]},
+    {"username": "ada", "password": "ada-demo", "groups": ["gateway-admins"]},
+    {"username": "eve", "password": "eve-demo", "groups": []},
+]
+
+
+def ensure_unix_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        run(["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name])
+        return pwd.getpwnam(name)
+
+
+def readable_by_others(path: Path) -> bool:
+    """True if a user other than root can reach and read ``path``."""
+    path = path.resolve()
+    for parent in [*reversed(path.parents), path]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return False
+    return bool(path.stat().st_mode & stat.S_IROTH)
+
+
+def check_session_environment(prefix: Path) -> Path:
+    prefix = Path(prefix)
+    needed = [prefix / "bin" / "jupyterhub-singleuser", prefix / "bin" / "bioimage-gateway-session"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise RuntimeError(
+            f"session environment {prefix} lacks {', '.join(missing)}; "
+            "install the project with its [session] extra there (make venv)"
+        )
+    python = (prefix / "bin" / "python").resolve()
+    for path in [*needed, python, prefix / "lib"]:
+        if not readable_by_others(path):
+            raise RuntimeError(
+                f"session environment {prefix}: {path} is not readable by other users, "
+                "so Slurm jobs running as the demo users cannot use it. Build it from "
+                "/usr/bin/python3 in a readable place (make venv puts it in /opt)."
+            )
+    return prefix
+
+
+def gateway_settings(state_dir: Path, slurm: LocalSlurm, session_env: Path, hub_port: int) -> dict:
+    """Site settings for a hub on this stack, sized to this machine."""
+    cpus = slurm.cpus
+    mem_gb = max(1, slurm.memory_mb // 1024)
+    return {
+        "hub": {
+            "public_url": f"http://127.0.0.1:{hub_port}",
+            "ip": "127.0.0.1",
+            "port": hub_port,
+            "api_ip": "127.0.0.1",
+            "api_port": free_port(),
+            "proxy_api_port": free_port(),
+            "data_dir": str(state_dir / "hub"),
+            "admin_users": ["ada"],
+        },
+        "auth": {"provider": "dummy", "users_file": str(state_dir / "demo-users.json")},
+        "slurm": {
+            "conf": str(slurm.conf),
+            "poll_interval": 1.0,
+            "default_walltime_hours": 2,
+            "partitions": list(("interactive", "largemem")),
+        },
+        "profiles": [
+            {
+                "slug": "cpu",
+                "display_name": "CPU",
+                "description": "Interactive analysis on a compute node",
+                "partition": "interactive",
+                "cpus": {"default": 1, "max": cpus},
+                "memory_gb": {"default": 1, "max": min(4, mem_gb)},
+                "walltime_hours": {"default": 2, "max": 8},
+                "groups": ["imaging", "trainers", "gateway-admins"],
+            },
+            {
+                "slug": "large-memory",
+                "display_name": "Large memory",
+                "description": "For whole-volume processing",
+                "partition": "largemem",
+                "cpus": {"default": 1, "max": cpus},
+                "memory_gb": {"default": min(4, mem_gb), "max": mem_gb},
+                "walltime_hours": {"default": 4, "max": 24},
+                "groups": ["imaging", "gateway-admins"],
+            },
+            {
+                "slug": "workshop",
+                "display_name": "Workshop",
+                "description": "Small sessions for training courses",
+                "partition": "interactive",
+                "cpus": {"default": 1, "max": 1},
+                "memory_gb": {"default": 1, "max": 2},
+                "walltime_hours": {"default": 3, "max": 4},
+                "groups": ["trainers", "gateway-admins"],
+            },
+        ],
+        "group_limits": {
+            "imaging": {"max_sessions": 1, "max_cpus": cpus},
+            "trainers": {"max_sessions": 1, "max_cpus": 1},
+            "gateway-admins": {"max_sessions": 2},
+        },
+        "scratch_root": str(state_dir / "scratch"),
+        "session": {
+            "environment": str(session_env),
+            "start_timeout": 180,
+            "http_timeout": 60,
+        },
+    }
+
+
+@dataclass
+class Devstack:
+    state_dir: Path
+
+    @property
+    def record_path(self) -> Path:
+        return self.state_dir / "devstack.json"
+
+    def record(self) -> dict | None:
+        try:
+            return json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def slurm(self) -> LocalSlurm:
+        rec = self.record()
+        if rec is None:
+            raise RuntimeError(f"no devstack recorded in {self.state_dir}")
+        return LocalSlurm(
+            state_dir=self.state_dir,
+            ctld_port=rec["slurm"]["slurmctld_port"],
+            slurmd_port=rec["slurm"]["slurmd_port"],
+            node=rec["slurm"]["node"],
+            cpus=rec["slurm"]["cpus"],
+            memory_mb=rec["slurm"]["memory_mb"],
+            pids=dict(rec["pids"]),
+        )
+
+    def running(self) -> bool:
+        rec = self.record()
+        return bool(rec) and all(alive(pid) for pid in rec["pids"].values())
+
+    def up(self, session_env: Path | None = None, hub_port: int | None = None) -> dict:
+        if os.geteuid() != 0:
+            raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Slurm jobs of the demo users read slurm.conf and the munge socket from here.
+        self.state_dir.chmod(0o755)
+        if self.running():
+            return self.record()
+        session_env = check_session_environment(Path(session_env or sys.prefix))
+        for entry in DEMO_USERS:
+            ensure_unix_user(entry["username"])
+        users_file = self.state_dir / "demo-users.json"
+        users_file.touch(mode=0o600)
+        users_file.write_text(json.dumps(DEMO_USERS, indent=2) + "\n")
+        (self.state_dir / "scratch").mkdir(exist_ok=True, mode=0o755)
+
+        slurm = LocalSlurm(state_dir=self.state_dir)
+        try:
+            slurm.start()
+        except BaseException:
+            slurm.stop()
+            raise
+        hub_port = hub_port or free_port()
+        settings = gateway_settings(self.state_dir, slurm, session_env, hub_port)
+        (self.state_dir / "gateway.yaml").write_text(
+            "# Generated by `bioimage-gateway devstack up` for this machine.\n"
+            + yaml.safe_dump(settings, sort_keys=False)
+        )
+        rec = {
+            "state_dir": str(self.state_dir),
+            "slurm": {
+                "conf": str(slurm.conf),
+                "cluster": "gwdev",
+                "node": slurm.node,
+                "cpus": slurm.cpus,
+                "memory_mb": slurm.memory_mb,
+                "slurmctld": f"127.0.0.1:{slurm.ctld_port}",
+                "slurmctld_port": slurm.ctld_port,
+                "slurmd_port": slurm.slurmd_port,
+                "partitions": ["interactive", "largemem"],
+            },
+            "munge_socket": str(slurm.munge_socket),
+            "pids": slurm.pids,
+            "users": [
+                {"username": u["username"], "groups": u["groups"]} for u in DEMO_USERS
+            ],
+            "users_file": str(users_file),
+            "session_environment": str(session_env),
+            "gateway_yaml": str(self.state_dir / "gateway.yaml"),
+            "hub_url": settings["hub"]["public_url"],
+        }
+        self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
+        return rec
+
+    def down(self) -> None:
+        if self.record() is None:
+            return
+        self.slurm().stop()

@@ -1,0 +1,1 @@
+"""What runs in the user's Jupyter server and its Slurm job."""

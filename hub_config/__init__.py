@@ -1,0 +1,1 @@
+"""What runs in the hub: settings wiring, spawner, form, port callback, authenticator."""

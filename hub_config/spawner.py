@@ -1,0 +1,329 @@
+"""The hub's spawner: a JupyterLab session as a Slurm job, from a profile.
+
+Built on batchspawner's SlurmSpawner, which keeps the job id in the hub's
+database and gives poll/stop.  What changes, and why:
+
+* options are checked against the site's profiles on the server
+  (:func:`bioimage_gateway.session_request.resolve_request`) and only the
+  checked integers and the site's own names reach the batch script;
+* commands run from argv lists through ``sudo -u USER`` with an explicit list
+  of variables, never a shell and never ``sudo -E``;
+* starting watches the job every poll interval until the session reports its
+  port, so a job that dies at start fails the spawn at once with Slurm's
+  state/reason and the tail of the job log;
+* a scheduler that does not answer is "unknown", never "job gone", so a
+  restarting slurmctld does not stop running sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import shlex
+import time
+from importlib import resources
+
+from batchspawner import JobStatus, SlurmSpawner
+from jinja2 import Environment, StrictUndefined
+from tornado import web
+from traitlets import Any, Float, Unicode, default
+
+from bioimage_gateway.session_request import (
+    InvalidRequest,
+    SessionRequest,
+    allowed_profiles,
+    effective_limits,
+    resolve_request,
+)
+from bioimage_gateway.settings import GatewaySettings
+from bioimage_gateway.slurm import (
+    JobInfo,
+    SchedulerUnavailable,
+    SlurmClient,
+    SubmitError,
+    check_username,
+)
+
+from .form import render_options_form
+
+_TEMPLATES = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def _template(name: str):
+    text = resources.files(__package__).joinpath("templates", name).read_text()
+    return _TEMPLATES.from_string(text)
+
+
+class SessionStartError(RuntimeError):
+    """The session's job could not start; the message is shown on the spawn page."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+def refuse(exc: InvalidRequest) -> web.HTTPError:
+    error = web.HTTPError(400, log_message=str(exc))
+    error.jupyterhub_message = f"Not started: {exc}"
+    return error
+
+
+class GatewaySpawner(SlurmSpawner):
+    """Start a user's JupyterLab as a Slurm job chosen from the site's profiles."""
+
+    settings = Any(help="The site's GatewaySettings (set by jupyterhub_config.py).").tag(
+        config=True
+    )
+
+    poll_interval_start = Float(
+        help="Seconds between job checks while starting; from slurm.poll_interval."
+    ).tag(config=True)
+
+    launcher = Unicode(
+        help="Job-side command that starts the server and reports its port to the hub."
+    ).tag(config=True)
+
+    log_tail_lines = 30
+
+    @default("poll_interval_start")
+    def _default_poll_interval_start(self):
+        return self.settings.slurm.poll_interval
+
+    @default("launcher")
+    def _default_launcher(self):
+        return str(self.settings.session.environment / "bin" / "bioimage-gateway-session")
+
+    @default("cmd")
+    def _default_cmd(self):
+        return [str(self.settings.session.environment / "bin" / "jupyterhub-singleuser")]
+
+    @property
+    def site(self) -> GatewaySettings:
+        return self.settings
+
+    @property
+    def slurm(self) -> SlurmClient:
+        slurm = self.site.slurm
+        return SlurmClient(conf=slurm.conf, bin_dir=slurm.bin_dir, sudo=slurm.sudo)
+
+    def _groups(self) -> list[str]:
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    # ---- the form -------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self._render_form
+
+    def _render_form(self, spawner: "GatewaySpawner") -> str:
+        groups = self._groups()
+        return render_options_form(
+            allowed_profiles(self.site, groups), effective_limits(self.site, groups)
+        )
+
+    def options_from_form(self, formdata):
+        # Reject here so the form comes back with the message and nothing is queued;
+        # start() checks again for options that arrive through the REST API.
+        # The hub's own XSRF field travels with the form; it is not an option.
+        options = {k: v for k, v in formdata.items() if k != "_xsrf"}
+        try:
+            return resolve_request(self.site, self._groups(), options).as_options()
+        except InvalidRequest as exc:
+            raise refuse(exc) from None
+
+    def session_request(self) -> SessionRequest:
+        try:
+            return resolve_request(self.site, self._groups(), self.user_options or {})
+        except InvalidRequest as exc:
+            raise refuse(exc) from None
+
+    # ---- the job --------------------------------------------------------
+
+    def get_env(self):
+        env = super().get_env()
+        env["SLURM_CONF"] = str(self.site.slurm.conf)
+        return env
+
+    def _log_path(self, home: str) -> str:
+        return f"{home}/{self.site.session.log_dir}/jupyter-session-%j.log"
+
+    def batch_script(self, request: SessionRequest, env_names: list[str]) -> str:
+        account = pwd.getpwnam(check_username(self.user.name))
+        profile = request.profile
+        session_env = self.site.session.environment
+        command = [self.launcher, *self.cmd, *self.get_args()]
+        return _template("session.sh.j2").render(
+            username=account.pw_name,
+            home=account.pw_dir,
+            log_path=self._log_path(account.pw_dir),
+            export=",".join(sorted(env_names)),
+            partition=profile.partition,
+            account=profile.account,
+            qos=profile.qos,
+            reservation=profile.reservation,
+            cpus=request.cpus,
+            memory_gb=request.memory_gb,
+            gpus=request.gpus,
+            walltime=request.walltime,
+            profile=profile.slug,
+            prologue=self.site.session.prologue,
+            env_bin=shlex.quote(str(session_env / "bin")),
+            command=" ".join(shlex.quote(part) for part in command),
+        )
+
+    async def submit_batch_script(self):
+        request = self.session_request()
+        self._check_session_count()
+        env = self.get_env()
+        home = pwd.getpwnam(self.user.name).pw_dir
+        await self.slurm.make_user_dir(self.user.name, f"{home}/{self.site.session.log_dir}")
+        script = self.batch_script(request, list(env))
+        self.log.info(
+            "Submitting %s session for %s: %s", request.profile.slug, self.user.name,
+            request.as_options(),
+        )
+        try:
+            self.job_id = await self.slurm.submit(self.user.name, script, env)
+        except SubmitError as exc:
+            raise SessionStartError(f"Slurm refused the session: {exc}") from None
+        self.log.info("Session of %s is Slurm job %s", self.user.name, self.job_id)
+        return self.job_id
+
+    def _check_session_count(self):
+        limit = effective_limits(self.site, self._groups()).max_sessions
+        others = [
+            s for s in self.user.spawners.values() if s is not self and (s.active or s.ready)
+        ]
+        if len(others) >= limit:
+            error = web.HTTPError(403, log_message="session limit")
+            error.jupyterhub_message = (
+                f"Not started: you already have {len(others)} session(s) running, "
+                f"the limit for your groups is {limit}"
+            )
+            raise error
+
+    async def query_job_status(self):
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        try:
+            info = await self.slurm.job(self.job_id)
+        except SchedulerUnavailable as exc:
+            # Never read as "job gone": the session keeps running while slurmctld is away.
+            self.log.warning("Slurm did not answer about job %s: %s", self.job_id, exc)
+            return JobStatus.UNKNOWN
+        self.job_info = info
+        if info is None:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        self.job_status = f"{info.state} {info.node}".strip()
+        if info.running:
+            return JobStatus.RUNNING
+        if info.pending:
+            return JobStatus.PENDING
+        return JobStatus.NOTFOUND
+
+    async def cancel_batch_job(self):
+        if self.job_id:
+            self.log.info("Cancelling Slurm job %s of %s", self.job_id, self.user.name)
+            await self.slurm.cancel(self.user.name, self.job_id)
+
+    job_info = Any(None, allow_none=True)
+
+    def state_gethost(self):
+        return self.job_info.node if self.job_info else ""
+
+    def state_ispending(self):
+        return bool(self.job_info and self.job_info.pending)
+
+    def state_isrunning(self):
+        return bool(self.job_info and self.job_info.running)
+
+    async def _failure(self, summary: str) -> SessionStartError:
+        """Describe how the job ended, with the tail of its log."""
+        job_id = self.job_id
+        record = None
+        try:
+            record = await self.slurm.job_record(job_id)
+        except SchedulerUnavailable:
+            pass
+        how = record.describe() if record else "it left the queue"
+        log_path = record.stdout_path if record and record.stdout_path else ""
+        if not log_path:
+            log_path = self._log_path(pwd.getpwnam(self.user.name).pw_dir).replace("%j", job_id)
+        tail = await self.slurm.tail_file(self.user.name, log_path, self.log_tail_lines)
+        message = f"{summary}: Slurm job {job_id} ended ({how})."
+        if tail.strip():
+            message += f"\nLast lines of {log_path}:\n{tail.rstrip()}"
+        else:
+            message += f"\nThe job wrote no log at {log_path}."
+        self.log.warning("Session of %s failed to start: %s", self.user.name, message)
+        return SessionStartError(message)
+
+    async def start(self):
+        self.ip = self.site.session.listen_ip
+        self.port = 0
+        self.job_info = None
+        if self.server:
+            self.server.port = self.port
+        await self.submit_batch_script()
+        self._start_time = time.monotonic()
+        try:
+            return await self._wait_for_session()
+        except BaseException:
+            # Timed out, cancelled or failed: leave no job behind.
+            try:
+                await self.cancel_batch_job()
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("Could not cancel job %s: %s", self.job_id, exc)
+            raise
+
+    async def _wait_for_session(self):
+        while True:
+            status = await self.query_job_status()
+            if status is JobStatus.NOTFOUND:
+                failure = await self._failure("The session did not start")
+                self.clear_state()
+                raise failure
+            if status is JobStatus.RUNNING and self.port:
+                break
+            await asyncio.sleep(self.poll_interval_start)
+        self.ip = self.state_gethost()
+        self.db.commit()
+        self.log.info(
+            "Session of %s (job %s) is up at %s:%s", self.user.name, self.job_id, self.ip, self.port
+        )
+        return self.ip, self.port
+
+    async def progress(self):
+        last = None
+        while True:
+            info: JobInfo | None = self.job_info
+            message = self._progress_message(info)
+            if message != last:
+                yield {"message": message}
+                last = message
+            if info is not None and info.running and self.port:
+                return
+            await asyncio.sleep(min(1.0, self.poll_interval_start))
+
+    def _progress_message(self, info: JobInfo | None) -> str:
+        if not self.job_id:
+            return "Submitting the session to Slurm..."
+        if info is None:
+            return f"Slurm job {self.job_id} submitted; waiting for the scheduler..."
+        if info.pending:
+            text = f"Slurm job {self.job_id} is {info.state.lower()}"
+            if info.reason and info.reason != "None":
+                text += f" (reason: {info.reason})"
+            if info.start_time:
+                text += f"; expected start {info.start_time}"
+            return text
+        if info.running:
+            return f"Slurm job {self.job_id} is running on {info.node}; starting JupyterLab..."
+        return f"Slurm job {self.job_id} is {info.state.lower()}"
+
+
+def session_port_is_settable(spawner) -> bool:
+    """Only a session that is starting and has not reported a port may report one."""
+    return bool(spawner.pending == "spawn" and not spawner.port)
