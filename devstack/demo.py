@@ -18,6 +18,8 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
+from bioimage_gateway.settings import load_settings
+
 from .processes import stop_pid, wait_until
 from .stack import Devstack
 
@@ -39,11 +41,12 @@ class HubProcess:
 
     def __init__(self, settings_path: Path, workdir: Path, log_path: Path | None = None):
         self.settings_path = settings_path
+        self.url = load_settings(settings_path).hub.public_url
         self.workdir = workdir
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, url: str, timeout: float = 120) -> None:
+    def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "BIOIMAGE_GATEWAY_CONFIG": str(self.settings_path)}
         # configurable-http-proxy comes from npm's global prefix.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/local/bin"
@@ -53,7 +56,7 @@ class HubProcess:
             cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
         )
         try:
-            wait_until(lambda: hub_answers(url) or self.proc.poll() is not None, timeout, "the hub")
+            wait_until(lambda: hub_answers(self.url) or self.proc.poll() is not None, timeout, "the hub")
         except RuntimeError:
             self.stop()
             raise
@@ -79,7 +82,7 @@ def run_demo(state_dir: Path, port: int) -> int:
     try:
         record = stack.up(hub_port=port)
         hub = HubProcess(Path(record["gateway_yaml"]), state_dir, log_path=state_dir / "hub.log")
-        hub.start(record["hub_url"])
+        hub.start()
         print(f"Demo users (password): "
               + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))
         print(f"Hub log: {state_dir / 'hub.log'}")

@@ -227,6 +227,14 @@ class Devstack:
         self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
         return rec
 
+    def restart_controller(self, down_for: float = 0) -> None:
+        """Stop slurmctld for ``down_for`` seconds, then start it again; record its new PID."""
+        slurm = self.slurm()
+        slurm.restart_controller(down_for)
+        rec = self.record()
+        rec["pids"] = slurm.pids
+        self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
+
     def down(self) -> None:
         if self.record() is None:
             return

@@ -119,3 +119,14 @@ def jobs_of(slurm, username: str) -> list[str]:
     result = run(["squeue", "-h", "-u", username, "-o", "%i"], env=slurm.env, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
+
+
+def job_records_of(slurm, username: str) -> list[str]:
+    """Every job of the user the controller remembers, finished ones included."""
+    result = run(["scontrol", "-o", "show", "jobs"], env=slurm.env, check=False)
+    assert result.returncode == 0, result.stderr
+    return [
+        line.split()[0].split("=", 1)[1]
+        for line in result.stdout.splitlines()
+        if f" UserId={username}(" in line
+    ]

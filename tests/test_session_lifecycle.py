@@ -1,0 +1,144 @@
+"""Sessions survive what they should (hub and slurmctld restarts) and fail fast when they die."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import start_hub
+from support import jobs_of, logged_in
+
+from bioimage_gateway.devstack.processes import run
+
+CPU = {"profile": "cpu", "cpus": "1", "memory_gb": "1", "gpus": "0", "walltime_hours": "1"}
+
+
+def start_session(client) -> None:
+    response = client.submit_form(CPU)
+    assert response.status_code == 302, response.text[-500:]
+    events = client.progress()
+    assert events[-1].get("ready"), events[-1]
+
+
+def session_token(username: str) -> str:
+    """The hub token a running session holds: the user can read it from their own job."""
+    pids = run(["pgrep", "-u", username, "-f", "bioimage-gateway-session"], check=False)
+    for pid in pids.stdout.split():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
+                return item.split(b"=", 1)[1].decode()
+    raise AssertionError(f"no running session process of {username}")
+
+
+def test_port_callback_accepts_only_a_port_from_a_starting_session(alice, hub):
+    start_session(alice)
+    before = alice.server()
+    token = session_token("alice")
+    url = f"{hub.url}/hub/api/batchspawner"
+    as_session = {"Authorization": f"token {token}"}
+
+    # batchspawner's own handler would set these on the spawner; ours refuses them.
+    for body in (
+        {"cmd": ["/bin/sh", "-c", "id > /tmp/owned"]},
+        {"batch_submit_cmd": "sh -c 'id'"},
+        {"exec_prefix": "sudo -u root"},
+        {"port": 4444, "cmd": ["/bin/false"]},
+        {"port": "8888"},
+        {"port": 80},
+        [4444],
+    ):
+        response = requests.post(url, json=body, headers=as_session, timeout=10)
+        assert response.status_code == 400, (body, response.text)
+    # A running session cannot re-point the hub at another port.
+    response = requests.post(url, json={"port": 4444}, headers=as_session, timeout=10)
+    assert response.status_code == 409
+    # The user's own API token is not a session's token.
+    user_token = alice.new_token()
+    response = requests.post(
+        url, json={"port": 4444}, headers={"Authorization": f"token {user_token}"}, timeout=10
+    )
+    assert response.status_code == 403
+    assert alice.server()["url"] == before["url"]
+    assert alice.open_lab().status_code == 200
+
+    # The spawner's commands were not touched: a new session starts as before.
+    alice.stop()
+    start_session(alice)
+    assert alice.open_lab().status_code == 200
+
+
+def _slurm_time(value: str) -> float:
+    return dt.datetime.fromisoformat(value).timestamp()
+
+
+@pytest.fixture(scope="module")
+def broken_hub(devstack):
+    """A hub whose session environment fails at start, as a broken module load would."""
+    process = start_hub(
+        devstack, "broken-hub",
+        prologue='echo "module load failed: no such module microscopy/9.9" >&2\nexit 3',
+    )
+    yield process
+    process.stop()
+
+
+def test_job_that_dies_at_start_fails_the_spawn_within_two_polls(broken_hub, slurm):
+    bob = logged_in(broken_hub.url, "bob")
+    started = time.monotonic()
+    response = bob.submit_form(CPU)
+    assert response.status_code == 302
+    events = bob.progress(timeout=60)
+    failed_after = time.monotonic() - started
+    final = events[-1]
+    assert final.get("failed"), final
+    message = final["message"]
+    assert "FAILED" in message and "exit code 3:0" in message
+    assert "module load failed: no such module microscopy/9.9" in message
+    # Far from the 180 s start timeout: the job ran ~1 s, then at most two 1 s polls.
+    assert failed_after < 15, failed_after
+    job_id = message.split("Slurm job ")[1].split()[0]
+    record = run(["scontrol", "-o", "show", "job", job_id], env=slurm.env).stdout
+    end = _slurm_time(record.split("EndTime=")[1].split()[0])
+    assert time.time() - end < 2 * 1.0 + 2  # two poll intervals, and Slurm's 1 s clock
+    assert bob.server() is None
+    assert jobs_of(slurm, "bob") == []
+
+
+def test_job_cancelled_while_starting_is_reported(bob, slurm):
+    response = bob.submit_form(CPU)
+    assert response.status_code == 302
+    deadline = time.monotonic() + 30
+    while not jobs_of(slurm, "bob") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run(["scancel", *jobs_of(slurm, "bob")], env=slurm.env)
+    final = bob.progress(timeout=60)[-1]
+    assert final.get("failed"), final
+    assert "CANCELLED" in final["message"]
+    assert bob.server() is None
+
+
+def test_session_survives_hub_restart_and_is_still_stoppable(devstack, hub, alice, slurm):
+    start_session(alice)
+    job = jobs_of(slurm, "alice")
+    hub.stop()
+    hub.start()
+    alice = logged_in(hub.url, "alice")
+    assert alice.server()["ready"]
+    assert alice.open_lab().status_code == 200
+    assert jobs_of(slurm, "alice") == job
+    alice.stop()
+    assert jobs_of(slurm, "alice") == []
+
+
+def test_session_survives_slurmctld_restart(devstack, alice, slurm):
+    start_session(alice)
+    job = jobs_of(slurm, "alice")
+    # Down for longer than the hub's poll interval (6 s here): polls fail meanwhile.
+    devstack.restart_controller(down_for=8)
+    assert alice.server()["ready"]
+    assert alice.open_lab().status_code == 200
+    assert jobs_of(slurm, "alice") == job
