@@ -44,11 +44,24 @@ class _Model(BaseModel):
 
 
 class Range(_Model):
-    """A resource a user may adjust: the form starts at ``default``, never exceeds ``max``."""
+    """A resource a user may adjust: the form starts at ``default``, never exceeds ``max``.
+
+    A plain number is a fixed amount: ``cpus: 4`` is ``{default: 4, max: 4}``.
+    """
 
     default: int = Field(ge=0)
     max: int = Field(ge=0, le=100_000)
     min: int = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_amount(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            floor = cls.model_fields["min"].default
+            if data < floor:
+                raise ValueError(f"{data} is less than {floor}")
+            return {"default": data, "max": data, "min": data}
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> "Range":
@@ -231,33 +244,35 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or "[" in str(part):
-            continue  # pydantic's internal validator frames
+        elif part == "dummy":
+            continue  # the discriminator's branch name, not a key in the file
         else:
             out += f".{part}" if out else str(part)
     return out
 
 
-_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+# pydantic's wording, rewritten to read as "<key>: <value> <why>".
+_REWORD = {
+    "greater_than_equal": lambda ctx: f"is less than {ctx['ge']}",
+    "greater_than": lambda ctx: f"is not more than {ctx['gt']}",
+    "less_than_equal": lambda ctx: f"is more than {ctx['le']}",
+    "string_pattern_mismatch": lambda ctx: f"does not match {ctx['pattern']}",
+}
 
 
 def _describe(error: dict[str, Any]) -> str:
-    where = _location(error["loc"])
-    message = _PYDANTIC_PREFIX.sub("", error["msg"])
-    if error["type"] == "greater_than_equal":
-        message = f"is less than {error['ctx']['ge']}"
-    elif error["type"] == "less_than_equal":
-        message = f"is more than {error['ctx']['le']}"
-    elif error["type"] == "extra_forbidden":
+    where = _location(error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
         return f"{where}: unknown key"
-    elif error["type"] == "missing":
+    if kind == "missing":
         return f"{where}: required key is missing"
-    value = error.get("input")
-    if isinstance(value, (dict, list)) or (
-        error["type"] == "value_error" and message.split(":")[0].startswith(("profiles[",))
-    ):
-        return f"{where}: {message}" if where else message
-    return f"{where}: {value!r} {message}" if where else message
+    if kind == "value_error":
+        # Our own validators word the whole sentence, value included.
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+    reword = _REWORD.get(kind)
+    message = reword(error.get("ctx", {})) if reword else error["msg"]
+    return f"{where}: {error.get('input')!r} {message}"
 
 
 def parse_settings(data: Any, source: str = "gateway.yaml") -> GatewaySettings:
@@ -293,6 +308,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> GatewaySettings
 
 def json_schema() -> dict[str, Any]:
     schema = GatewaySettings.model_json_schema()
+    # A range may also be written as a plain number (a fixed amount).
+    for name, floor in (("Range", 0), ("PositiveRange", 1)):
+        mapping = schema["$defs"][name]
+        schema["$defs"][name] = {
+            "title": mapping.pop("title"),
+            "description": mapping.pop("description", ""),
+            "anyOf": [mapping, {"type": "integer", "minimum": floor, "maximum": 100_000}],
+        }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "BioImage Gateway site settings (gateway.yaml)"
     return schema

@@ -45,6 +45,8 @@ def configure_hub(c, settings: GatewaySettings) -> None:
 
     c.JupyterHub.spawner_class = GatewaySpawner
     c.GatewaySpawner.settings = settings
+    # Only these of the hub's variables reach a job (and sudo's env_keep lists them).
+    c.Spawner.env_keep = ["LANG", "LC_ALL"]
     c.Spawner.default_url = settings.session.default_url
     c.Spawner.start_timeout = settings.session.start_timeout
     c.Spawner.http_timeout = settings.session.http_timeout

@@ -142,6 +142,9 @@ class GatewaySpawner(SlurmSpawner):
     def get_env(self):
         env = super().get_env()
         env["SLURM_CONF"] = str(self.site.slurm.conf)
+        # The job gets a plain system PATH; the batch script puts the session
+        # environment first.  The hub's own PATH and virtualenv stay in the hub.
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         return env
 
     def _log_path(self, home: str) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
+import yaml
 
-from bioimage_gateway.devstack.processes import run
+from bioimage_gateway.devstack.demo import HubProcess
+from bioimage_gateway.devstack.processes import free_port, run
 from bioimage_gateway.devstack.stack import DEMO_USERS
 
 PASSWORDS = {u["username"]: u["password"] for u in DEMO_USERS}
@@ -130,3 +133,23 @@ def job_records_of(slurm, username: str) -> list[str]:
         for line in result.stdout.splitlines()
         if f" UserId={username}(" in line
     ]
+
+
+def start_hub(devstack, name: str = "hub", **session_changes) -> HubProcess:
+    """A hub on the devstack; a name other than "hub" gets its own ports and database."""
+    record = devstack.record()
+    settings_path = Path(record["gateway_yaml"])
+    if name != "hub":
+        settings = yaml.safe_load(settings_path.read_text())
+        port = free_port()
+        settings["hub"].update(
+            port=port, public_url=f"http://127.0.0.1:{port}", api_port=free_port(),
+            proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
+        )
+        settings["session"].update(session_changes)
+        settings_path = devstack.state_dir / f"{name}.yaml"
+        settings_path.write_text(yaml.safe_dump(settings))
+    process = HubProcess(settings_path, devstack.state_dir,
+                         log_path=devstack.state_dir / f"{name}.log")
+    process.start()
+    return process

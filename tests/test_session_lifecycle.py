@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import start_hub
-from support import jobs_of, logged_in
+from support import jobs_of, logged_in, start_hub
 
 from bioimage_gateway.devstack.processes import run
 

@@ -1,0 +1,37 @@
+# The two set-up commands (as root, on a fresh Debian 12 machine):
+#   make demo   the whole gateway running locally, with sample data, in a browser
+#   make test   installs what the tests need and runs every test
+#
+# The environment is built from Debian's /usr/bin/python3 under /opt, where the
+# demo users' Slurm jobs can read it (a pyenv under /root cannot be).
+
+PREFIX    ?= /opt/bioimage-gateway
+VENV      ?= $(PREFIX)/venv
+PYTHON    := /usr/bin/python3
+STATE_DIR ?= /tmp/bioimage-gateway-demo
+PORT      ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: demo test system venv benchmarks clean-demo
+
+demo: system venv
+	$(VENV)/bin/bioimage-gateway demo --port $(PORT) --state-dir $(STATE_DIR)
+
+test: system venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+system:
+	bash scripts/install-system.sh
+
+venv:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps .
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[session,test]'
+	chmod -R o+rX $(PREFIX)
+
+benchmarks: system venv
+	$(VENV)/bin/python benchmarks/spawn_latency.py
+
+clean-demo:
+	$(VENV)/bin/bioimage-gateway devstack down --state-dir $(STATE_DIR)
