@@ -39,10 +39,17 @@ def hub_answers(url: str) -> bool:
 class HubProcess:
     """JupyterHub configured from a gateway.yaml, as a child process."""
 
-    def __init__(self, settings_path: Path, workdir: Path, log_path: Path | None = None):
+    def __init__(
+        self,
+        settings_path: Path,
+        workdir: Path,
+        log_path: Path | None = None,
+        config_file: Path | None = None,
+    ):
         self.settings_path = settings_path
         self.url = load_settings(settings_path).hub.public_url
         self.workdir = workdir
+        self.config_file = config_file or hub_config_path()
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -52,7 +59,7 @@ class HubProcess:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/local/bin"
         out = open(self.log_path, "ab") if self.log_path else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(hub_config_path())],
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
             cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
         )
         try:
