@@ -28,6 +28,8 @@ venv:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps .
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[session,test]'
+	# The local identity provider (npm oidc-provider); installs only when its lock changed.
+	$(VENV)/bin/python -c 'from bioimage_gateway.devstack.idp import ensure_installed; ensure_installed()'
 	chmod -R o+rX $(PREFIX)
 
 benchmarks: system venv

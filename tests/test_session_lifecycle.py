@@ -141,3 +141,29 @@ def test_session_survives_slurmctld_restart(devstack, alice, slurm):
     assert alice.server()["ready"]
     assert alice.open_lab().status_code == 200
     assert jobs_of(slurm, "alice") == job
+
+
+def test_pending_job_shows_state_and_reason_until_it_starts(alice, slurm):
+    """While Slurm holds the job, the spawn page says so, with Slurm's reason."""
+    run(["scontrol", "update", "PartitionName=largemem", "State=DOWN"], env=slurm.env)
+    try:
+        response = alice.submit_form({**CPU, "profile": "large-memory"})
+        assert response.status_code == 302
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs = jobs_of(slurm, "alice")
+            if jobs:
+                reason = run(["squeue", "-h", "-j", jobs[0], "-o", "%r"], env=slurm.env).stdout
+                if "PartitionDown" in reason:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the job never showed as held by the down partition")
+        time.sleep(2.5)  # at least two start polls see it pending
+    finally:
+        run(["scontrol", "update", "PartitionName=largemem", "State=UP"], env=slurm.env)
+    events = alice.progress()
+    messages = [e.get("message", "") for e in events]
+    assert any("is pending (reason: PartitionDown)" in m for m in messages), messages
+    assert any("is running on" in m for m in messages), messages
+    assert events[-1].get("ready")

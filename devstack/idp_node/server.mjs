@@ -18,7 +18,9 @@
 //                  "token_endpoint_auth_method"?}],
 //     "cookie_keys": ["..."],
 //     "ttl": {"AccessToken": 300, ...},          // optional, seconds
-//     "ready_file": "/path/ready.json"           // optional; written once listening
+//     "ready_file": "/path/ready.json",          // optional; written once listening
+//     "key_file": "/path/signing-key.json",      // optional; signing key kept across restarts
+//     "clock_tolerance": 0                       // optional, seconds
 //   }
 //
 // users.json: a list (or {"users": [...]}) of
@@ -192,12 +194,25 @@ async function postLogoutSuccessSource(ctx) {
 // ---------------------------------------------------------------- provider
 
 function signingKey() {
-  // One RSA key per process: stable for the process lifetime, like Authentik's
-  // per-provider signing certificate.
+  // One RSA key, like Authentik's per-provider signing certificate: stable for
+  // the process lifetime, and across restarts when key_file is set (so an ID
+  // token issued before a restart is still a valid id_token_hint at logout).
+  if (config.key_file) {
+    try {
+      return JSON.parse(readFileSync(config.key_file, 'utf8'));
+    } catch (err) {
+      if (err.code !== 'ENOENT') throw err;
+    }
+  }
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = privateKey.export({ format: 'jwk' });
   const kid = createHash('sha256').update(jwk.n).digest('base64url').slice(0, 32);
-  return { ...jwk, kid, alg: 'RS256', use: 'sig' };
+  const key = { ...jwk, kid, alg: 'RS256', use: 'sig' };
+  if (config.key_file) {
+    writeFileSync(`${config.key_file}.tmp`, JSON.stringify(key), { mode: 0o600 });
+    renameSync(`${config.key_file}.tmp`, config.key_file);
+  }
+  return key;
 }
 
 function buildProvider(issuer) {
@@ -233,6 +248,9 @@ function buildProvider(issuer) {
     // Authentik puts the scope claims into the ID token too.
     conformIdTokenClaims: false,
     responseTypes: ['code'],
+    // Provider and clients share one clock here: expiry means expiry (the
+    // package's default is 15 s of leeway).
+    clockTolerance: Number(config.clock_tolerance ?? 0),
     pkce: { required: () => true },
     routes: {
       authorization: PATHS.authorization,
@@ -258,7 +276,7 @@ function buildProvider(issuer) {
       const { client, session } = ctx.oidc;
       const grantId = ctx.oidc.result?.consent?.grantId || session.grantIdFor(client.clientId);
       let grant = grantId ? await ctx.oidc.provider.Grant.find(grantId) : undefined;
-      if (!configuredClients.has(client.clientId)) return grant;
+      if (!configuredClients.has(client.clientId) || !session.accountId) return grant;
       if (!grant) {
         grant = new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId });
       }
@@ -275,9 +293,10 @@ function buildProvider(issuer) {
     ttl: ttlFunctions,
   });
   provider.on('server_error', (_ctx, err) => log('server_error', err));
-  provider.on('grant.error', (_ctx, err) => log('grant.error', err.message, err.error_description ?? ''));
-  provider.on('authorization.error', (_ctx, err) => log('authorization.error', err.message, err.error_description ?? ''));
-  provider.on('end_session.error', (_ctx, err) => log('end_session.error', err.message, err.error_description ?? ''));
+  for (const event of ['grant.error', 'authorization.error', 'end_session.error', 'userinfo.error',
+    'revocation.error', 'introspection.error']) {
+    provider.on(event, (_ctx, err) => log(event, err.message, err.error_description ?? '', err.error_detail ?? ''));
+  }
   return provider;
 }
 
@@ -427,24 +446,39 @@ async function endSession(req, res, self) {
   res.end(location ? '' : await second.text());
 }
 
-async function clientSecretPostToBasic(req) {
-  // Authentik accepts client_secret_basic and client_secret_post alike; a
-  // registered oidc-provider client takes one. Move credentials sent in the
-  // body into a Basic header so that both work here too.
+function basicCredentials(header) {
+  const match = /^Basic\s+(\S+)$/i.exec(header ?? '');
+  if (!match) return undefined;
+  const decoded = Buffer.from(match[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i < 0) return undefined;
+  const dec = (s) => { try { return decodeURIComponent(s.replace(/\+/g, '%20')); } catch { return s; } };
+  return { id: dec(decoded.slice(0, i)), secret: dec(decoded.slice(i + 1)) };
+}
+
+async function normalizeClientAuth(req) {
+  // Authentik accepts client_secret_basic and client_secret_post alike (and
+  // both at once, as some OAuthenticator releases send); a registered
+  // oidc-provider client takes exactly one. Present the credentials as a
+  // Basic header, which is what the clients here are registered with.
   const type = String(req.headers['content-type'] ?? '');
-  if (req.headers.authorization || !type.startsWith('application/x-www-form-urlencoded')) return;
+  if (!type.startsWith('application/x-www-form-urlencoded')) return;
   const raw = await readBody(req);
   const form = querystring.parse(raw);
-  if (typeof form.client_id === 'string' && typeof form.client_secret === 'string'
+  const basic = basicCredentials(req.headers.authorization);
+  if (typeof form.client_secret === 'string' && typeof form.client_id === 'string'
       && configuredClients.has(form.client_id)) {
-    const enc = (s) => encodeURIComponent(s).replace(/%20/g, '+');
-    req.headers.authorization = `Basic ${Buffer.from(`${enc(form.client_id)}:${enc(form.client_secret)}`).toString('base64')}`;
-    delete form.client_id;
-    delete form.client_secret;
-    req.body = querystring.stringify(form);
-  } else {
-    req.body = raw;
+    if (!basic) {
+      const enc = (s) => encodeURIComponent(s).replace(/%20/g, '+');
+      req.headers.authorization = `Basic ${Buffer.from(`${enc(form.client_id)}:${enc(form.client_secret)}`).toString('base64')}`;
+      delete form.client_id;
+      delete form.client_secret;
+    } else if (basic.id === form.client_id && basic.secret === form.client_secret) {
+      delete form.client_id;
+      delete form.client_secret;
+    }
   }
+  req.body = querystring.stringify(form);
 }
 
 let provider;
@@ -482,7 +516,7 @@ async function handle(req, res) {
     } else if (url.pathname === PATHS.authorization && req.method === 'GET') {
       req.url = authorizationUrl(url) ?? req.url;
     } else if (CLIENT_AUTH_ROUTES.has(url.pathname) && req.method === 'POST') {
-      await clientSecretPostToBasic(req);
+      await normalizeClientAuth(req);
     }
     await callback(req, res);
   } catch (err) {
