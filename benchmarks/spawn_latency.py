@@ -24,7 +24,7 @@ import yaml
 from bioimage_gateway.devstack.demo import HubProcess
 from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import free_port
-from bioimage_gateway.devstack.stack import DEMO_USERS, Devstack
+from bioimage_gateway.devstack.stack import DEMO_USERS, Devstack, dummy_settings
 
 STOCK_CONFIG = '''
 # Stock batchspawner SlurmSpawner, configured for the same local Slurm.
@@ -70,6 +70,8 @@ def hub_settings(devstack: Devstack, name: str) -> Path:
         proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
     )
     settings["slurm"]["poll_interval"] = 0.5
+    # Both hubs sign users in the same way (local passwords), so only spawning differs.
+    settings["auth"] = dummy_settings(devstack.state_dir)
     path = devstack.state_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(settings))
     (devstack.state_dir / name).mkdir(exist_ok=True)

@@ -114,7 +114,58 @@ class DummyAuth(_Model):
     )
 
 
-AuthSettings = DummyAuth
+class PosixMapping(_Model):
+    """How an IdP username becomes the POSIX account a session runs as."""
+
+    claim: str | None = Field(
+        default=None, description="Claim holding the POSIX name (e.g. a custom 'uid')."
+    )
+    map_file: Path | None = Field(
+        default=None, description="YAML/JSON file mapping IdP usernames to POSIX names."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PosixMapping":
+        if self.claim and self.map_file:
+            raise ValueError("give either claim or map_file, not both")
+        return self
+
+
+class AuthentikAuth(_Model):
+    """The site's Authentik, as an OIDC provider (see the README for registering the app)."""
+
+    provider: Literal["authentik"]
+    url: str = Field(
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="Authentik's base URL."
+    )
+    application_slug: Slug
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path = Field(description="File holding the client secret (mode 0600).")
+    username_claim: str = "preferred_username"
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "email", "offline_access"]
+    )
+    allowed_groups: list[GroupName] = Field(
+        min_length=1, description="Groups whose members may sign in."
+    )
+    admin_groups: list[GroupName] = Field(default_factory=list)
+    require_verified_email: bool = True
+    posix: PosixMapping = PosixMapping()
+    pass_access_token: bool = Field(
+        default=False,
+        description="Hand the user's access token to their session "
+        "(as BIOIMAGE_GATEWAY_ACCESS_TOKEN) for services that accept it.",
+    )
+    crypt_key_file: Path = Field(
+        description="File holding JUPYTERHUB_CRYPT_KEY (64 hex characters), which "
+        "encrypts the tokens the hub keeps."
+    )
+    after_logout_url: str = Field(
+        default="", description="Where Authentik sends users after logout; default the hub."
+    )
+
+
+AuthSettings = DummyAuth | AuthentikAuth
 
 
 class SlurmSettings(_Model):
@@ -244,7 +295,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part == "dummy":
+        elif part in ("dummy", "authentik"):
             continue  # the discriminator's branch name, not a key in the file
         else:
             out += f".{part}" if out else str(part)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from urllib.parse import urljoin
 
@@ -24,7 +26,29 @@ class HubClient:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf") or ""
 
     def login(self) -> requests.Response:
-        self.http.get(self.url("/hub/login"), timeout=30)
+        page = self.http.get(self.url("/hub/login"), timeout=30)
+        if "oauth_login" in page.text:
+            return self.login_oidc()
+        return self.login_password()
+
+    def login_oidc(self, check: bool = True) -> requests.Response:
+        """Sign in at the identity provider's login form, as a browser would."""
+        page = self.http.get(self.url("/hub/oauth_login"), timeout=30)
+        match = re.search(r'<form[^>]*id="login-form"[^>]*action="([^"]+)"', page.text)
+        if not match:
+            raise AssertionError(f"no login form at {page.url}: {page.status_code}")
+        response = self.http.post(
+            urljoin(page.url, html.unescape(match.group(1))),
+            data={"username": self.username, "password": self.password},
+            timeout=30,
+        )
+        if check and (not response.url.startswith(self.base_url) or response.status_code != 200):
+            raise AssertionError(
+                f"login of {self.username} failed at {response.url}: {response.status_code}"
+            )
+        return response
+
+    def login_password(self) -> requests.Response:
         response = self.http.post(
             self.url("/hub/login"),
             data={"username": self.username, "password": self.password, "_xsrf": self.xsrf},

@@ -6,6 +6,8 @@ change lives in the settings file, so a site writes YAML, not Python.
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 from pathlib import Path
 
@@ -53,10 +55,75 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.Spawner.poll_interval = max(1, int(settings.slurm.poll_interval * 6))
 
     auth = settings.auth
-    if auth is not None and auth.provider == "dummy":
+    if auth is not None and auth.provider == "authentik":
+        configure_authentik(c, settings)
+    elif auth is not None and auth.provider == "dummy":
         from .demo_auth import DemoAuthenticator, read_users
 
         c.JupyterHub.authenticator_class = DemoAuthenticator
         c.DemoAuthenticator.users_file = str(auth.users_file)
         c.Authenticator.manage_groups = True
         c.Authenticator.allowed_users = set(read_users(auth.users_file))
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"BioImage Gateway: cannot read {what} from {path}: {exc.strerror}")
+    if not value:
+        raise SystemExit(f"BioImage Gateway: {what} file {path} is empty")
+    return value
+
+
+def configure_authentik(c, settings: GatewaySettings) -> None:
+    from .authenticator import (
+        AuthentikOAuthenticator,
+        authentik_endpoints,
+        discovery_url,
+        fetch_discovery,
+        logout_url,
+    )
+
+    auth = settings.auth
+    hub_url = settings.hub.public_url.rstrip("/")
+    try:
+        endpoints = fetch_discovery(auth.url, auth.application_slug)
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back, say so
+        # The hub still starts; users get a clear page while Authentik is away.
+        logging.getLogger("bioimage_gateway").warning(
+            "Authentik discovery at %s failed (%s); using Authentik's standard endpoint paths",
+            discovery_url(auth.url, auth.application_slug), exc,
+        )
+        endpoints = authentik_endpoints(auth.url, auth.application_slug)
+
+    # Tokens kept in auth state are encrypted with this key.
+    os.environ["JUPYTERHUB_CRYPT_KEY"] = _read_secret(auth.crypt_key_file, "the crypt key")
+
+    c.JupyterHub.authenticator_class = AuthentikOAuthenticator
+    a = c.AuthentikOAuthenticator
+    a.idp_base_url = auth.url
+    a.discovery_url = discovery_url(auth.url, auth.application_slug)
+    a.client_id = auth.client_id
+    a.client_secret = _read_secret(auth.client_secret_file, "the OIDC client secret")
+    a.oauth_callback_url = f"{hub_url}/hub/oauth_callback"
+    a.authorize_url = endpoints["authorization_endpoint"]
+    a.token_url = endpoints["token_endpoint"]
+    a.userdata_url = endpoints["userinfo_endpoint"]
+    a.logout_redirect_url = logout_url(
+        endpoints["end_session_endpoint"], auth.client_id,
+        auth.after_logout_url or f"{hub_url}/hub/login",
+    )
+    a.scope = list(auth.scopes)
+    a.username_claim = auth.username_claim
+    a.enable_pkce = True
+    a.enable_auth_state = True
+    a.refresh_pre_spawn = True
+    a.manage_groups = True
+    a.auth_state_groups_key = "oauth_user.groups"
+    a.allowed_groups = set(auth.allowed_groups)
+    a.admin_groups = set(auth.admin_groups)
+    a.require_verified_email = auth.require_verified_email
+    a.posix_username_claim = auth.posix.claim or ""
+    a.posix_map_file = str(auth.posix.map_file or "")
+    c.GatewaySpawner.pass_access_token = auth.pass_access_token

@@ -26,7 +26,7 @@ from importlib import resources
 from batchspawner import JobStatus, SlurmSpawner
 from jinja2 import Environment, StrictUndefined
 from tornado import web
-from traitlets import Any, Float, Unicode, default
+from traitlets import Any, Bool, Float, Unicode, default
 
 from bioimage_gateway.session_request import (
     InvalidRequest,
@@ -83,7 +83,12 @@ class GatewaySpawner(SlurmSpawner):
         help="Job-side command that starts the server and reports its port to the hub."
     ).tag(config=True)
 
+    pass_access_token = Bool(
+        False, help="Hand the user's OIDC access token to the session (site opt-in)."
+    ).tag(config=True)
+
     log_tail_lines = 30
+    _access_token: str | None = None
 
     @default("poll_interval_start")
     def _default_poll_interval_start(self):
@@ -139,8 +144,16 @@ class GatewaySpawner(SlurmSpawner):
 
     # ---- the job --------------------------------------------------------
 
+    async def run_auth_state_hook(self, auth_state):
+        # Refreshed just before spawn (refresh_pre_spawn), so the token is current.
+        if self.pass_access_token:
+            self._access_token = (auth_state or {}).get("access_token")
+        await super().run_auth_state_hook(auth_state)
+
     def get_env(self):
         env = super().get_env()
+        if self._access_token:
+            env["BIOIMAGE_GATEWAY_ACCESS_TOKEN"] = self._access_token
         env["SLURM_CONF"] = str(self.site.slurm.conf)
         # The job gets a plain system PATH; the batch script puts the session
         # environment first.  The hub's own PATH and virtualenv stay in the hub.

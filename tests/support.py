@@ -9,7 +9,7 @@ import yaml
 from bioimage_gateway.devstack.demo import HubProcess
 from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import free_port, run
-from bioimage_gateway.devstack.stack import DEMO_USERS
+from bioimage_gateway.devstack.stack import DEMO_USERS, dummy_settings
 
 PASSWORDS = {u["username"]: u["password"] for u in DEMO_USERS}
 
@@ -50,6 +50,8 @@ def start_hub(devstack, name: str = "hub", **session_changes) -> HubProcess:
             proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
         )
         settings["session"].update(session_changes)
+        # Extra hubs test the spawner; they sign users in with local passwords.
+        settings["auth"] = dummy_settings(devstack.state_dir)
         settings_path = devstack.state_dir / f"{name}.yaml"
         settings_path.write_text(yaml.safe_dump(settings))
     process = HubProcess(settings_path, devstack.state_dir,

@@ -66,11 +66,12 @@ def test_hostile_api_options_are_refused_without_a_job(hub, slurm, options, mess
     assert job_records_of(slurm, "alice") == before
 
 
-def test_user_in_no_allowed_group_gets_no_profiles_and_cannot_start(hub, slurm):
-    eve = logged_in(hub.url, "eve")
-    form = eve.spawn_form()
-    assert "None of the session profiles of this site is open to your groups" in form.text
-    response = eve.submit_form({"profile": "cpu"})
+def test_profile_of_another_group_submitted_by_hand_is_refused(hub, slurm):
+    tom = logged_in(hub.url, "tom")  # a trainer: CPU and Workshop only
+    before = job_records_of(slurm, "tom")
+    response = tom.submit_form({"profile": "large-memory", "cpus": "1"})
     assert response.status_code == 400
-    assert "only for members of" in response.text
-    assert job_records_of(slurm, "eve") == []
+    assert "only for members of imaging, gateway-admins" in response.text
+    response = tom.api("POST", "/users/tom/server", json={"profile": "large-memory"})
+    assert response.status_code >= 400 or tom.progress(timeout=30)[-1].get("failed")
+    assert job_records_of(slurm, "tom") == before
