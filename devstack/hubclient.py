@@ -34,6 +34,8 @@ class HubClient:
     def login_oidc(self, check: bool = True) -> requests.Response:
         """Sign in at the identity provider's login form, as a browser would."""
         page = self.http.get(self.url("/hub/oauth_login"), timeout=30)
+        if page.url.startswith(self.base_url + "/") and page.status_code == 200:
+            return page  # still signed in at the IdP: single sign-on, no form
         match = re.search(r'<form[^>]*id="login-form"[^>]*action="([^"]+)"', page.text)
         if not match:
             raise AssertionError(f"no login form at {page.url}: {page.status_code}")

@@ -95,6 +95,8 @@ def authentik_settings(state_dir: Path, idp: LocalIdentityProvider) -> dict:
         "allowed_groups": ALLOWED_GROUPS,
         "admin_groups": ["gateway-admins"],
         "crypt_key_file": str(state_dir / "crypt-key"),
+        # The demo shows the opt-in: sessions get the user's token for services.
+        "pass_access_token": True,
     }
 
 

@@ -148,6 +148,19 @@ class AuthentikOAuthenticator(GenericOAuthenticator):
             f"{self.access_help}",
         )
 
+    async def refresh_user(self, user, handler=None, **kwargs):
+        refreshed = await super().refresh_user(user, handler, **kwargs)
+        if refreshed is False and handler is not None:
+            # JupyterHub 6 reads this flag, which only token-authenticated
+            # requests set; a browser page request has it unset and would 500.
+            if not hasattr(handler, "_token_authenticated"):
+                handler._token_authenticated = False
+            if not handler._token_authenticated and handler.current_user is user:
+                # Tokens are gone at the IdP: sign the browser out so the next
+                # page goes to the login instead of failing again.
+                handler.clear_login_cookie()
+        return refreshed
+
     async def get_token_info(self, handler, params):
         try:
             return await super().get_token_info(handler, params)

@@ -38,20 +38,33 @@ def job_records_of(slurm, username: str) -> list[str]:
     ]
 
 
-def start_hub(devstack, name: str = "hub", **session_changes) -> HubProcess:
+def session_env(username: str) -> dict[str, str]:
+    """The environment of the user's running session, as the user can read it."""
+    pids = run(["pgrep", "-u", username, "-f", "bioimage-gateway-session"], check=False)
+    for pid in pids.stdout.split():
+        items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return dict(item.decode().split("=", 1) for item in items if b"=" in item)
+    raise AssertionError(f"no running session process of {username}")
+
+
+def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
+              port: int | None = None, **session_changes) -> HubProcess:
     """A hub on the devstack; a name other than "hub" gets its own ports and database."""
     record = devstack.record()
     settings_path = Path(record["gateway_yaml"])
     if name != "hub":
         settings = yaml.safe_load(settings_path.read_text())
-        port = free_port()
+        port = port or free_port()
         settings["hub"].update(
             port=port, public_url=f"http://127.0.0.1:{port}", api_port=free_port(),
             proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
         )
         settings["session"].update(session_changes)
-        # Extra hubs test the spawner; they sign users in with local passwords.
-        settings["auth"] = dummy_settings(devstack.state_dir)
+        if auth_changes is None:
+            # Extra hubs test the spawner; they sign users in with local passwords.
+            settings["auth"] = dummy_settings(devstack.state_dir)
+        else:
+            settings["auth"].update(auth_changes)
         settings_path = devstack.state_dir / f"{name}.yaml"
         settings_path.write_text(yaml.safe_dump(settings))
     process = HubProcess(settings_path, devstack.state_dir,

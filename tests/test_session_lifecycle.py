@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from support import jobs_of, logged_in, start_hub
+from support import jobs_of, logged_in, session_env, start_hub
 
 from bioimage_gateway.devstack.processes import run
 
@@ -24,13 +23,7 @@ def start_session(client) -> None:
 
 def session_token(username: str) -> str:
     """The hub token a running session holds: the user can read it from their own job."""
-    pids = run(["pgrep", "-u", username, "-f", "bioimage-gateway-session"], check=False)
-    for pid in pids.stdout.split():
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        for item in environ:
-            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
-                return item.split(b"=", 1)[1].decode()
-    raise AssertionError(f"no running session process of {username}")
+    return session_env(username)["JUPYTERHUB_API_TOKEN"]
 
 
 def test_port_callback_accepts_only_a_port_from_a_starting_session(alice, hub):
