@@ -30,6 +30,8 @@ venv:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check '.[session,test]'
 	# The local identity provider (npm oidc-provider); installs only when its lock changed.
 	$(VENV)/bin/python -c 'from bioimage_gateway.devstack.idp import ensure_installed; ensure_installed()'
+	# Compute nodes have no route to the internet: JupyterLab must not ask for news.
+	install -D -m 0644 images/session/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	chmod -R o+rX $(PREFIX)
 
 benchmarks: system venv

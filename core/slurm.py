@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-POSIX_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+POSIX_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 JOB_ID = re.compile(r"^[0-9]{1,12}$")
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}

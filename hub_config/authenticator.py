@@ -32,9 +32,13 @@ from traitlets import Any, Bool, Unicode
 from bioimage_gateway.slurm import POSIX_USERNAME
 
 
+_REASONS = {403: "Not authorised", 503: "Sign-in service unavailable"}
+
+
 def page_error(status: int, message: str) -> web.HTTPError:
     """An HTTP error whose message JupyterHub shows as is on its error page."""
-    error = web.HTTPError(status, log_message=message)
+    # The reason is the page's short heading; the message is its text.
+    error = web.HTTPError(status, log_message=message, reason=_REASONS.get(status))
     error.jupyterhub_message = message
     return error
 

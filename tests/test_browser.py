@@ -1,0 +1,109 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright.
+
+Screenshots of each step go to artifacts/browser/ (ARTIFACTS_DIR to move them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from support import jobs_of, logged_in
+
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).parents[1] / "artifacts")) / "browser"
+CHROMIUM = "/usr/bin/chromium"
+# No network but loopback here: keep chromium from reaching out at start.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+class Steps:
+    def __init__(self, page, name: str):
+        self.page = page
+        self.dir = ARTIFACTS / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def shot(self, label: str) -> None:
+        self.count += 1
+        self.page.screenshot(path=str(self.dir / f"{self.count:02d}-{label}.png"))
+
+
+def test_sign_in_start_lab_and_sign_out(browser, hub, devstack, slurm):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    visited: list[str] = []
+    # Every request, redirects included: logout passes through the IdP in 302s.
+    page.on("request", lambda request: visited.append(request.url))
+    steps = Steps(page, "login-spawn-logout")
+    try:
+        page.goto(hub.url)
+        expect(page).to_have_url(re.compile(r".*/hub/login.*"))
+        steps.shot("hub-login")
+
+        page.get_by_text("Sign in with Authentik").click()
+        expect(page.locator("#login-form")).to_be_visible()
+        steps.shot("idp-login")
+        page.fill("#username", "alice")
+        page.fill("#password", "alice-demo")
+        page.click("#login-submit")
+
+        expect(page).to_have_url(re.compile(re.escape(hub.url) + r"/hub/spawn.*"))
+        expect(page.locator("label[for=profile-cpu]")).to_contain_text("CPU")
+        expect(page.locator("label[for=profile-large-memory]")).to_contain_text("Large memory")
+        expect(page.locator("#profile-workshop")).to_have_count(0)  # trainers only
+        steps.shot("spawn-form")
+
+        page.fill("#field-walltime_hours", "1")
+        page.locator("form input[type=submit], form button[type=submit]").first.click()
+        expect(page.locator("#progress-message")).to_contain_text(re.compile(r"Slurm job \d+"), timeout=60_000)
+        steps.shot("spawn-pending")
+
+        # JupyterLab itself, not just a status code: its shell and launcher render.
+        expect(page.locator(".jp-LabShell")).to_be_visible(timeout=180_000)
+        expect(page.locator(".jp-Launcher")).to_be_visible(timeout=60_000)
+        assert "/user/alice/lab" in page.url
+        steps.shot("jupyterlab")
+        assert len(jobs_of(slurm, "alice")) == 1
+
+        page.goto(f"{hub.url}/hub/logout")
+        expect(page).to_have_url(re.compile(re.escape(hub.url) + r"/hub/login.*"))
+        end_session = devstack.record()["idp"]["end_session_url"]
+        assert any(url.startswith(end_session) for url in visited), visited
+        steps.shot("signed-out")
+    finally:
+        context.close()
+        logged_in(hub.url, "alice").stop()
+    assert jobs_of(slurm, "alice") == []
+
+
+def test_user_in_no_allowed_group_sees_why_in_the_browser(browser, hub):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    steps = Steps(page, "not-authorised")
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.get_by_text("Sign in with Authentik").click()
+        page.fill("#username", "eve")
+        page.fill("#password", "eve-demo")
+        page.click("#login-submit")
+        expect(page.get_by_role("heading")).to_contain_text("Not authorised")
+        expect(page.get_by_text("not a member of any group that may use this gateway")).to_be_visible()
+        expect(page.get_by_text("gateway-admins, imaging, trainers")).to_be_visible()
+        steps.shot("not-authorised")
+    finally:
+        context.close()
