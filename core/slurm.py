@@ -161,16 +161,52 @@ class SlurmClient:
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job as the queue shows it; None once it has left the queue."""
-        argv = [self._bin("squeue"), "-h", "-j", check_job_id(job_id), "-o", SQUEUE_FORMAT]
+        return (await self.jobs([job_id])).get(job_id)
+
+    async def jobs(self, job_ids) -> dict[str, JobInfo]:
+        """The queue's view of many jobs in one squeue call; jobs that left it are absent."""
+        ids = sorted({check_job_id(j) for j in job_ids}, key=int)
+        if not ids:
+            return {}
+        argv = [self._bin("squeue"), "-h", "-j", ",".join(ids), "-o", SQUEUE_FORMAT]
         result = await run_argv(argv, env=self.env, timeout=self.timeout)
         if result.returncode != 0:
             if "Invalid job id specified" in result.stderr:
-                return None
+                return {}
             raise SchedulerUnavailable(result.stderr.strip() or "squeue failed")
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        if not lines:
-            return None
-        return parse_squeue_line(lines[0])
+        infos = [parse_squeue_line(line) for line in result.stdout.splitlines() if line.strip()]
+        return {info.job_id: info for info in infos}
+
+    async def job_records(self, job_ids) -> dict[str, JobInfo]:
+        """How jobs that left the queue ended: sacct where accounting runs, else
+        the controller's own records (kept MinJobAge seconds), in one call."""
+        ids = sorted({check_job_id(j) for j in job_ids}, key=int)
+        if not ids:
+            return {}
+        argv = [self._bin("sacct"), "-n", "-X", "-P", "-j", ",".join(ids),
+                "-o", "JobID,State,NodeList,ExitCode,Reason"]
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode == 0:
+            records = {}
+            for line in result.stdout.splitlines():
+                job_id, state, node, exit_code, reason = (line.split("|") + [""] * 5)[:5]
+                if job_id in ids:
+                    records[job_id] = JobInfo(job_id=job_id, state=state.split()[0], node=node,
+                                              exit_code=exit_code, reason=reason)
+            return records
+        if "accounting storage is disabled" not in result.stderr.lower():
+            raise SchedulerUnavailable(result.stderr.strip() or "sacct failed")
+        argv = [self._bin("scontrol"), "-o", "show", "job"]
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0:
+            raise SchedulerUnavailable(result.stderr.strip() or "scontrol failed")
+        wanted = set(ids)
+        records = {}
+        for line in result.stdout.splitlines():
+            info = parse_scontrol_job(line)
+            if info and info.job_id in wanted:
+                records[info.job_id] = info
+        return records
 
     async def job_record(self, job_id: str) -> JobInfo | None:
         """How a job ended, from the controller's record (kept MinJobAge seconds)."""

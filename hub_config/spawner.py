@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import pwd
 import shlex
-import time
 from importlib import resources
 
 from batchspawner import JobStatus, SlurmSpawner
 from jinja2 import Environment, StrictUndefined
 from tornado import web
-from traitlets import Any, Bool, Float, Unicode, default
+from traitlets import Any, Bool, Unicode, default
 
 from bioimage_gateway.session_request import (
     InvalidRequest,
@@ -45,6 +44,7 @@ from bioimage_gateway.slurm import (
 )
 
 from .form import render_options_form
+from .poller import QueuePoller
 
 _TEMPLATES = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
 
@@ -75,10 +75,6 @@ class GatewaySpawner(SlurmSpawner):
         config=True
     )
 
-    poll_interval_start = Float(
-        help="Seconds between job checks while starting; from slurm.poll_interval."
-    ).tag(config=True)
-
     launcher = Unicode(
         help="Job-side command that starts the server and reports its port to the hub."
     ).tag(config=True)
@@ -89,10 +85,6 @@ class GatewaySpawner(SlurmSpawner):
 
     log_tail_lines = 30
     _access_token: str | None = None
-
-    @default("poll_interval_start")
-    def _default_poll_interval_start(self):
-        return self.settings.slurm.poll_interval
 
     @default("launcher")
     def _default_launcher(self):
@@ -218,18 +210,25 @@ class GatewaySpawner(SlurmSpawner):
             )
             raise error
 
+    @property
+    def poller(self) -> QueuePoller:
+        return QueuePoller.shared(self.slurm, self.site.slurm.poll_interval)
+
     async def query_job_status(self):
+        """The job's state from the hub's shared poller (no scheduler call of its own)."""
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
-        try:
-            info = await self.slurm.job(self.job_id)
-        except SchedulerUnavailable as exc:
+        poller = self.poller
+        if self.job_id not in poller.watched:
+            poller.watch(self.job_id)
+            await poller.next_answer()
+        where, info = poller.status(self.job_id)
+        if where == "unknown":
             # Never read as "job gone": the session keeps running while slurmctld is away.
-            self.log.warning("Slurm did not answer about job %s: %s", self.job_id, exc)
             return JobStatus.UNKNOWN
         self.job_info = info
-        if info is None:
+        if where == "ended":
             self.job_status = ""
             return JobStatus.NOTFOUND
         self.job_status = f"{info.state} {info.node}".strip()
@@ -238,6 +237,11 @@ class GatewaySpawner(SlurmSpawner):
         if info.pending:
             return JobStatus.PENDING
         return JobStatus.NOTFOUND
+
+    def clear_state(self):
+        if self.job_id:
+            self.poller.unwatch(self.job_id)
+        super().clear_state()
 
     async def cancel_batch_job(self):
         if self.job_id:
@@ -258,11 +262,12 @@ class GatewaySpawner(SlurmSpawner):
     async def _failure(self, summary: str) -> SessionStartError:
         """Describe how the job ended, with the tail of its log."""
         job_id = self.job_id
-        record = None
-        try:
-            record = await self.slurm.job_record(job_id)
-        except SchedulerUnavailable:
-            pass
+        record = self.job_info if self.job_info and self.job_info.finished else None
+        if record is None:
+            try:
+                record = await self.slurm.job_record(job_id)
+            except SchedulerUnavailable:
+                pass
         how = record.describe() if record else "it left the queue"
         log_path = record.stdout_path if record and record.stdout_path else ""
         if not log_path:
@@ -283,7 +288,6 @@ class GatewaySpawner(SlurmSpawner):
         if self.server:
             self.server.port = self.port
         await self.submit_batch_script()
-        self._start_time = time.monotonic()
         try:
             return await self._wait_for_session()
         except BaseException:
@@ -303,7 +307,7 @@ class GatewaySpawner(SlurmSpawner):
                 raise failure
             if status is JobStatus.RUNNING and self.port:
                 break
-            await asyncio.sleep(self.poll_interval_start)
+            await self.poller.next_answer()
         self.ip = self.state_gethost()
         self.db.commit()
         self.log.info(
@@ -321,7 +325,7 @@ class GatewaySpawner(SlurmSpawner):
                 last = message
             if info is not None and info.running and self.port:
                 return
-            await asyncio.sleep(min(1.0, self.poll_interval_start))
+            await asyncio.sleep(min(1.0, self.poller.interval))
 
     def _progress_message(self, info: JobInfo | None) -> str:
         if not self.job_id:

@@ -1,0 +1,111 @@
+"""One squeue per interval for every session the hub runs.
+
+Stock batchspawner asks Slurm about each job separately, at every poll of
+every spawner: N sessions cost N scheduler calls per interval.  Here one
+:class:`QueuePoller` per hub watches the job ids of all sessions, asks about
+all of them in a single ``squeue -j id,id,...`` call per interval (with
+jitter, so that many hubs do not beat in step), and asks how jobs that left
+the queue ended (sacct, else scontrol) in one more call.  Spawners read the
+shared answer.  A failed query is retried at the next interval and never read
+as "job gone": spawners see the scheduler as unavailable, not their job as
+ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from bioimage_gateway.slurm import JobInfo, SchedulerUnavailable, SlurmClient
+
+log = logging.getLogger("bioimage_gateway.poller")
+
+
+class QueuePoller:
+    _instances: dict[tuple, "QueuePoller"] = {}
+
+    def __init__(self, client: SlurmClient, interval: float, jitter: float = 0.1):
+        self.client = client
+        self.interval = interval
+        self.jitter = jitter
+        self.watched: set[str] = set()
+        self.jobs: dict[str, JobInfo] = {}
+        self.ended: dict[str, JobInfo | None] = {}
+        self.error: str | None = None
+        self.refreshed_at = 0.0
+        self.calls = 0  # scheduler calls made, for benchmarks and logs
+        self._task: asyncio.Task | None = None
+        self._fresh = asyncio.Event()
+
+    @classmethod
+    def shared(cls, client: SlurmClient, interval: float) -> "QueuePoller":
+        """The hub's poller for this cluster (one per slurm.conf)."""
+        key = (str(client.conf), str(client.bin_dir))
+        poller = cls._instances.get(key)
+        if poller is None or poller._loop_closed():
+            poller = cls._instances[key] = cls(client, interval)
+        return poller
+
+    def _loop_closed(self) -> bool:
+        return self._task is not None and self._task.get_loop().is_closed()
+
+    def watch(self, job_id: str) -> None:
+        self.watched.add(job_id)
+        self.ended.pop(job_id, None)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def unwatch(self, job_id: str) -> None:
+        self.watched.discard(job_id)
+        self.jobs.pop(job_id, None)
+        self.ended.pop(job_id, None)
+
+    async def _run(self) -> None:
+        while self.watched:
+            await self.refresh()
+            await asyncio.sleep(self.interval * random.uniform(1 - self.jitter, 1 + self.jitter))
+
+    async def refresh(self) -> None:
+        ids = set(self.watched)
+        try:
+            self.calls += 1
+            queue = await self.client.jobs(ids)
+            gone = ids - set(queue) - set(self.ended)
+            ended = {}
+            if gone:
+                self.calls += 1
+                ended = await self.client.job_records(gone)
+        except SchedulerUnavailable as exc:
+            # Keep the last answer; spawners see "unknown", never "gone".
+            if self.error is None:
+                log.warning("Slurm did not answer (%s); retrying every %.0f s", exc, self.interval)
+            self.error = str(exc)
+        else:
+            if self.error is not None:
+                log.info("Slurm answers again")
+            self.error = None
+            self.jobs = queue
+            for job_id in gone:
+                self.ended[job_id] = ended.get(job_id)
+            self.refreshed_at = time.monotonic()
+        finally:
+            self._fresh.set()
+            self._fresh = asyncio.Event()
+
+    async def next_answer(self, timeout: float | None = None) -> None:
+        """Wait for the next refresh (whatever its outcome)."""
+        event = self._fresh
+        try:
+            await asyncio.wait_for(event.wait(), timeout or self.interval * 3)
+        except asyncio.TimeoutError:
+            pass
+
+    def status(self, job_id: str) -> tuple[str, JobInfo | None]:
+        """("queued", info) / ("ended", record or None) / ("unknown", last info)."""
+        if job_id in self.jobs and not self.error:
+            return "queued", self.jobs[job_id]
+        if job_id in self.ended and not self.error:
+            return "ended", self.ended[job_id]
+        return "unknown", self.jobs.get(job_id)
