@@ -123,6 +123,8 @@ class LocalSlurm:
             "SlurmctldTimeout=60",
             "SlurmdTimeout=300",
             "SchedulerParameters=sched_min_interval=100000",
+            # Load tests declare more CPUs than the machine has.
+            *(["SlurmdParameters=config_overrides"] if self.cpus > (os.cpu_count() or 1) else []),
             f"NodeName={nodes} NodeHostname={host} NodeAddr=127.0.0.1 "
             f"CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
             # Sessions are mostly idle notebooks: let a few share each core.

@@ -211,7 +211,13 @@ class Devstack:
         rec = self.record()
         return bool(rec) and all(alive(pid) for pid in rec["pids"].values())
 
-    def up(self, session_env: Path | None = None, hub_port: int | None = None) -> dict:
+    def up(
+        self,
+        session_env: Path | None = None,
+        hub_port: int | None = None,
+        node_cpus: int | None = None,
+        idp_users: list[dict] | None = None,
+    ) -> dict:
         if os.geteuid() != 0:
             raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -231,9 +237,11 @@ class Devstack:
         urls = hub_urls(hub_port)
         _write_secret(self.state_dir / "crypt-key", secrets.token_hex(32))
         slurm = LocalSlurm(state_dir=self.state_dir)
+        if node_cpus:
+            slurm.cpus = node_cpus
         idp = LocalIdentityProvider(
             self.state_dir,
-            users=demo_users(),
+            users=demo_users() + list(idp_users or []),
             clients=[{
                 "client_id": OIDC_CLIENT_ID,
                 "redirect_uris": [urls["callback"]],

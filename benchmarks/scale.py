@@ -1,0 +1,329 @@
+"""The hub at facility scale, in one run: scheduler load, logins, a slurmctld outage.
+
+    /opt/bioimage-gateway/venv/bin/python benchmarks/scale.py [--sessions 10,50,200]
+
+1. Scheduler calls per poll interval with N sessions, ours vs. stock
+   batchspawner SlurmSpawner on the same local Slurm.  Sessions are real Slurm
+   jobs started through each hub's own spawner, batch script and port
+   callback; the job runs a minimal HTTP server (devstack/tiny_session.py)
+   instead of JupyterLab, so that 2 x 200 sessions fit on a 2-core machine.
+   Every Slurm command either hub runs goes through a logging wrapper, so the
+   counts are the commands actually executed.  Both hubs poll every
+   --interval seconds.
+2. --logins users signing in through the identity provider and opening the
+   spawn form concurrently: the hub's p50/p95 response time and errors.
+3. slurmctld stopped for --outage seconds with 20 running sessions: sessions lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from bioimage_gateway.devstack.demo import HubProcess, hub_config_path
+from bioimage_gateway.devstack.hubclient import HubClient
+from bioimage_gateway.devstack.processes import free_port, run
+from bioimage_gateway.devstack.stack import Devstack, ensure_unix_user
+
+SLURM_COMMANDS = ("squeue", "sacct", "scontrol", "sinfo", "sbatch", "scancel")
+QUERY_COMMANDS = ("squeue", "sacct", "scontrol", "sinfo")
+LOAD_USER = "gwl{:03d}"
+
+OURS_CONFIG = """
+load_subconfig({base!r})
+import sys
+c.Spawner.cmd = [sys.executable, "-m", "bioimage_gateway.devstack.tiny_session"]
+c.Spawner.poll_interval = {interval}
+c.Spawner.http_timeout = 120
+c.Spawner.start_timeout = 600
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
+"""
+
+STOCK_CONFIG = """
+import os
+from bioimage_gateway.settings import load_settings
+from bioimage_gateway.hub_config.demo_auth import DemoAuthenticator, read_users
+
+s = load_settings()
+env_bin = str(s.session.environment / "bin")
+bin_dir = {bin_dir!r}
+c.JupyterHub.bind_url = f"http://{{s.hub.ip}}:{{s.hub.port}}"
+c.JupyterHub.hub_bind_url = f"http://{{s.hub.api_ip}}:{{s.hub.api_port}}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{s.hub.proxy_api_port}}"
+c.JupyterHub.db_url = f"sqlite:///{{s.hub.data_dir}}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret = os.urandom(32)
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
+c.JupyterHub.authenticator_class = DemoAuthenticator
+c.DemoAuthenticator.users_file = str(s.auth.users_file)
+c.Authenticator.allowed_users = set(read_users(s.auth.users_file))
+c.Authenticator.admin_users = {{"ada"}}
+c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+c.SlurmSpawner.batch_submit_cmd = bin_dir + "/sbatch --parsable"
+c.SlurmSpawner.batch_query_cmd = bin_dir + "/squeue -h -j {{job_id}} -o '%T %B'"
+c.SlurmSpawner.batch_cancel_cmd = bin_dir + "/scancel {{job_id}}"
+c.SlurmSpawner.req_partition = "interactive"
+c.SlurmSpawner.req_nprocs = "1"
+c.SlurmSpawner.req_memory = "1G"
+c.SlurmSpawner.req_runtime = "1:00:00"
+c.SlurmSpawner.batchspawner_singleuser_cmd = env_bin + "/batchspawner-singleuser"
+c.SlurmSpawner.req_prologue = "export PATH=" + env_bin + ":$PATH"
+c.Spawner.cmd = [{tiny!r}]
+os.environ["SLURM_CONF"] = str(s.slurm.conf)
+c.Spawner.environment = {{"SLURM_CONF": str(s.slurm.conf)}}
+c.Spawner.poll_interval = {interval}
+c.Spawner.http_timeout = 120
+c.Spawner.start_timeout = 600
+"""
+
+
+def counting_bin_dir(directory: Path) -> Path:
+    """Wrappers that log each Slurm command, then run the real one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "calls.log"
+    log.touch()
+    log.chmod(0o666)  # sbatch runs as the user through sudo
+    for name in SLURM_COMMANDS:
+        wrapper = directory / name
+        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {name}" >> {log}\n'
+                           f'exec /usr/bin/{name} "$@"\n')
+        wrapper.chmod(0o755)
+    directory.chmod(0o755)
+    return log
+
+
+def count_calls(log: Path, since: float, until: float) -> dict[str, int]:
+    counts = dict.fromkeys(SLURM_COMMANDS, 0)
+    for line in log.read_text().splitlines():
+        stamp, name = line.split()
+        if since <= float(stamp) < until:
+            counts[name] += 1
+    return counts
+
+
+def hub_settings(devstack: Devstack, name: str, bin_dir: Path, interval: float,
+                 users_file: Path | None = None) -> Path:
+    """A hub on the stack; with the stack's own port (registered at the IdP) unless it
+    signs users in from a users file."""
+    settings = yaml.safe_load(Path(devstack.record()["gateway_yaml"]).read_text())
+    if users_file:
+        port = free_port()
+        settings["hub"].update(port=port, public_url=f"http://127.0.0.1:{port}")
+    settings["hub"].update(api_port=free_port(), proxy_api_port=free_port(),
+                           data_dir=str(devstack.state_dir / name))
+    settings["slurm"].update(bin_dir=str(bin_dir), poll_interval=interval)
+    if users_file:
+        settings["auth"] = {"provider": "dummy", "users_file": str(users_file)}
+    path = devstack.state_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    (devstack.state_dir / name).mkdir(exist_ok=True)
+    return path
+
+
+def admin_client(hub: HubProcess, password: str = "ada-demo") -> HubClient:
+    client = HubClient(hub.url, "ada", password)
+    client.login()
+    token = client.new_token("scale benchmark")
+    client.http.headers["Authorization"] = f"token {token}"
+    return client
+
+
+def start_sessions(admin: HubClient, users: list[str], options: dict) -> None:
+    existing = {u["name"] for u in admin.api("GET", "/users").json()}
+    missing = [u for u in users if u not in existing]
+    if missing:
+        admin.api("POST", "/users", json={"usernames": missing}).raise_for_status()
+    for user in users:
+        response = admin.api("POST", f"/users/{user}/server", json=options)
+        assert response.status_code in (201, 202, 400), response.text
+    deadline = time.monotonic() + 900
+    waiting = set(users)
+    while waiting and time.monotonic() < deadline:
+        ready = {u["name"] for u in admin.api("GET", "/users", params={"state": "ready"}).json()}
+        waiting -= ready
+        if waiting:
+            time.sleep(2)
+    if waiting:
+        raise RuntimeError(f"{len(waiting)} sessions never became ready: {sorted(waiting)[:5]}...")
+
+
+def scheduler_load(hubs: dict, sizes: list[int], users: list[str], interval: float,
+                   window: float) -> list[dict]:
+    rows = []
+    for n in sizes:
+        for name, (hub, admin, log, options) in hubs.items():
+            start_sessions(admin, users[:n], options)
+        time.sleep(interval)  # let start-up polls settle
+        since = time.time()
+        time.sleep(window)
+        until = time.time()
+        row = {"sessions": n}
+        for name, (hub, admin, log, options) in hubs.items():
+            counts = count_calls(log, since, until)
+            row[name] = sum(counts[c] for c in QUERY_COMMANDS) / (window / interval)
+        rows.append(row)
+        print(f"  N={n:4d}: scheduler queries per {interval:.0f} s interval: "
+              f"ours {row['ours']:.1f}, stock {row['stock']:.1f}", flush=True)
+    return rows
+
+
+def one_login(url: str, username: str, password: str) -> tuple[list[float], str | None]:
+    """Sign in through the IdP and open the spawn form; the hub's response times."""
+    client = HubClient(url, username, password)
+    times = []
+    try:
+        page = client.http.get(client.url("/hub/login"), timeout=60)
+        times.append(page.elapsed.total_seconds())
+        response = client.login_oidc()
+        for step in [*response.history, response]:
+            if step.url.startswith(url):
+                times.append(step.elapsed.total_seconds())
+        form = client.spawn_form()
+        times.append(form.elapsed.total_seconds())
+        if form.status_code != 200 or 'name="profile"' not in form.text:
+            return times, f"{username}: spawn form {form.status_code}"
+        return times, None
+    except Exception as exc:  # noqa: BLE001 - every failure counts as an error
+        return times, f"{username}: {exc}"
+
+
+def logins(hub: HubProcess, users: list[str], concurrency: int) -> dict:
+    times: list[float] = []
+    errors: list[str] = []
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(one_login, hub.url, u, f"{u}-load") for u in users]
+        for future in concurrent.futures.as_completed(futures):
+            t, error = future.result()
+            times.extend(t)
+            if error:
+                errors.append(error)
+    elapsed = time.monotonic() - started
+    times.sort()
+    return {
+        "users": len(users), "requests": len(times), "errors": len(errors),
+        "p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
+        "elapsed": elapsed, "first_errors": errors[:3],
+    }
+
+
+def outage(devstack: Devstack, admin: HubClient, hub: HubProcess, users: list[str],
+           seconds: float) -> int:
+    devstack.restart_controller(down_for=seconds)
+    time.sleep(5)
+    ready = {u["name"] for u in admin.api("GET", "/users", params={"state": "ready"}).json()}
+    lost = 0
+    for user in users:
+        answer = requests.get(f"{hub.url}/user/{user}/", timeout=30)
+        if user not in ready or answer.status_code != 200 or "tiny session" not in answer.text:
+            lost += 1
+    return lost
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="10,50,200")
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--logins", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--outage", type=float, default=60.0)
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sessions.split(",")]
+    n_users = max(max(sizes), args.logins, 20)
+
+    state_dir = Path(tempfile.mkdtemp(prefix="gw-scale-", dir="/tmp"))
+    users = [LOAD_USER.format(i) for i in range(n_users)]
+    print(f"creating {n_users} Unix users for the load...", flush=True)
+    for user in users:
+        ensure_unix_user(user)
+    load_entries = [{"username": u, "password": f"{u}-load", "groups": ["imaging"],
+                     "name": u, "email": f"{u}@example.org", "email_verified": True}
+                    for u in users]
+    devstack = Devstack(state_dir)
+    hubs_started: list[HubProcess] = []
+    try:
+        devstack.up(node_cpus=max(64, max(sizes)), idp_users=load_entries)
+        ours_log = counting_bin_dir(state_dir / "bin-ours")
+        stock_log = counting_bin_dir(state_dir / "bin-stock")
+        users_file = state_dir / "load-users.json"
+        users_file.write_text(json.dumps(
+            [{"username": "ada", "password": "ada-demo", "groups": []}] + load_entries))
+        tiny = state_dir / "tiny-session"
+        tiny.write_text(f"#!{sys.executable}\nfrom bioimage_gateway.devstack.tiny_session "
+                        "import main\nraise SystemExit(main())\n")
+        tiny.chmod(0o755)
+
+        ours_cfg = state_dir / "ours_config.py"
+        ours_cfg.write_text(OURS_CONFIG.format(base=str(hub_config_path()),
+                                               interval=args.interval))
+        ours = HubProcess(
+            hub_settings(devstack, "ours", state_dir / "bin-ours", args.interval),
+            state_dir, state_dir / "ours.log", config_file=ours_cfg)
+        stock_cfg = state_dir / "stock_config.py"
+        stock_cfg.write_text(STOCK_CONFIG.format(bin_dir=str(state_dir / "bin-stock"),
+                                                 tiny=str(tiny), interval=args.interval))
+        stock = HubProcess(
+            hub_settings(devstack, "stock", state_dir / "bin-stock", args.interval,
+                         users_file=users_file),
+            state_dir, state_dir / "stock.log", config_file=stock_cfg)
+        for hub in (ours, stock):
+            hub.start()
+            hubs_started.append(hub)
+
+        print(f"\n1. {args.logins} users signing in (identity provider) and opening the "
+              f"spawn form, {args.concurrency} at a time:", flush=True)
+        login = logins(ours, users[: args.logins], args.concurrency)
+        print(f"  hub responses: {login['requests']}, p50 {login['p50'] * 1000:.0f} ms, "
+              f"p95 {login['p95'] * 1000:.0f} ms, errors {login['errors']}, "
+              f"{login['elapsed']:.1f} s in all", flush=True)
+        for error in login["first_errors"]:
+            print(f"    {error}")
+
+        print(f"\n2. Scheduler queries per poll interval ({args.interval:.0f} s), "
+              f"{args.window:.0f} s windows:", flush=True)
+        ours_admin = admin_client(ours)
+        stock_admin = admin_client(stock)
+        hubs = {
+            "ours": (ours, ours_admin, ours_log,
+                     {"profile": "cpu", "cpus": 1, "memory_gb": 1, "walltime_hours": 1}),
+            "stock": (stock, stock_admin, stock_log, {}),
+        }
+        rows = scheduler_load(hubs, sizes, users, args.interval, args.window)
+
+        print(f"\n3. slurmctld stopped for {args.outage:.0f} s with 20 running sessions:",
+              flush=True)
+        start_sessions(ours_admin, users[:20], hubs["ours"][3])
+        lost = outage(devstack, ours_admin, ours, users[:20], args.outage)
+        print(f"  sessions lost: {lost} of 20")
+
+        print("\nSummary")
+        for row in rows:
+            ratio = row["ours"] / row["stock"] if row["stock"] else float("nan")
+            print(f"  N={row['sessions']}: ours {row['ours']:.1f} vs stock {row['stock']:.1f} "
+                  f"queries/interval (ratio {ratio:.3f}; target 1 per interval whatever N)")
+        print(f"  logins: p95 {login['p95'] * 1000:.0f} ms (target < 1000), "
+              f"errors {login['errors']} (target 0)")
+        print(f"  slurmctld outage: {lost} sessions lost (target 0)")
+        return 0
+    finally:
+        for hub in hubs_started:
+            hub.stop()
+        devstack.down()
+        for user in users:
+            run(["userdel", "--remove", user], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
