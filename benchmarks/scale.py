@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -32,10 +33,9 @@ import yaml
 from bioimage_gateway.devstack.demo import HubProcess, hub_config_path
 from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import free_port, run
+from bioimage_gateway.devstack.slurm_calls import QUERY_COMMANDS, count_calls, counting_bin_dir
 from bioimage_gateway.devstack.stack import Devstack, ensure_unix_user
 
-SLURM_COMMANDS = ("squeue", "sacct", "scontrol", "sinfo", "sbatch", "scancel")
-QUERY_COMMANDS = ("squeue", "sacct", "scontrol", "sinfo")
 LOAD_USER = "gwl{:03d}"
 
 OURS_CONFIG = """
@@ -88,30 +88,6 @@ c.Spawner.start_timeout = 600
 """
 
 
-def counting_bin_dir(directory: Path) -> Path:
-    """Wrappers that log each Slurm command, then run the real one."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "calls.log"
-    log.touch()
-    log.chmod(0o666)  # sbatch runs as the user through sudo
-    for name in SLURM_COMMANDS:
-        wrapper = directory / name
-        wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {name}" >> {log}\n'
-                           f'exec /usr/bin/{name} "$@"\n')
-        wrapper.chmod(0o755)
-    directory.chmod(0o755)
-    return log
-
-
-def count_calls(log: Path, since: float, until: float) -> dict[str, int]:
-    counts = dict.fromkeys(SLURM_COMMANDS, 0)
-    for line in log.read_text().splitlines():
-        stamp, name = line.split()
-        if since <= float(stamp) < until:
-            counts[name] += 1
-    return counts
-
-
 def hub_settings(devstack: Devstack, name: str, bin_dir: Path, interval: float,
                  users_file: Path | None = None) -> Path:
     """A hub on the stack; with the stack's own port (registered at the IdP) unless it
@@ -122,7 +98,7 @@ def hub_settings(devstack: Devstack, name: str, bin_dir: Path, interval: float,
         settings["hub"].update(port=port, public_url=f"http://127.0.0.1:{port}")
     settings["hub"].update(api_port=free_port(), proxy_api_port=free_port(),
                            data_dir=str(devstack.state_dir / name))
-    settings["slurm"].update(bin_dir=str(bin_dir), poll_interval=interval)
+    settings["slurm"].update(bin_dir=str(bin_dir), poll_interval=interval, start_poll_interval=1)
     if users_file:
         settings["auth"] = {"provider": "dummy", "users_file": str(users_file)}
     path = devstack.state_dir / f"{name}.yaml"
@@ -144,9 +120,13 @@ def start_sessions(admin: HubClient, users: list[str], options: dict) -> None:
     missing = [u for u in users if u not in existing]
     if missing:
         admin.api("POST", "/users", json={"usernames": missing}).raise_for_status()
-    for user in users:
-        response = admin.api("POST", f"/users/{user}/server", json=options)
+    def start(user: str) -> None:
+        response = admin.api("POST", f"/users/{user}/server", json=options, timeout=120)
+        # 400: already running (from the previous, smaller N).
         assert response.status_code in (201, 202, 400), response.text
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(start, users))
     deadline = time.monotonic() + 900
     waiting = set(users)
     while waiting and time.monotonic() < deadline:
@@ -232,6 +212,8 @@ def outage(devstack: Devstack, admin: HubClient, hub: HubProcess, users: list[st
 
 
 def main() -> int:
+    # SIGTERM (timeout, kill) still runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="10,50,200")
     parser.add_argument("--interval", type=float, default=10.0)

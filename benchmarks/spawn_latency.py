@@ -13,6 +13,7 @@ Prints each spawn's latency, both medians and the ratio ours/stock (target <= 1.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def hub_settings(devstack: Devstack, name: str) -> Path:
         port=port, public_url=f"http://127.0.0.1:{port}", api_port=free_port(),
         proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
     )
-    settings["slurm"]["poll_interval"] = 0.5
+    settings["slurm"]["start_poll_interval"] = 0.5
     # Both hubs sign users in the same way (local passwords), so only spawning differs.
     settings["auth"] = dummy_settings(devstack.state_dir)
     path = devstack.state_dir / f"{name}.yaml"
@@ -94,6 +95,8 @@ def one_spawn(hub: HubProcess, username: str, options: dict) -> float:
 
 
 def main() -> int:
+    # SIGTERM (timeout, kill) still runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spawns", type=int, default=5)
     args = parser.parse_args()

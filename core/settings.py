@@ -102,7 +102,10 @@ class HubSettings(_Model):
         default="", description="SQLAlchemy URL; default SQLite in data_dir."
     )
     admin_users: list[str] = Field(default_factory=list)
-    announcement: str = ""
+    announcement: str = Field(
+        default="",
+        description="Shown on the home and spawn pages (HTML allowed: written by the site).",
+    )
 
 
 class DummyAuth(_Model):
@@ -175,12 +178,29 @@ class SlurmSettings(_Model):
     )
     bin_dir: Path = Field(default=Path("/usr/bin"))
     poll_interval: float = Field(
-        default=5.0,
+        default=30.0,
         gt=0,
-        le=300,
-        description="Seconds between job-state checks while a session starts.",
+        le=600,
+        description="Seconds between the hub's checks of running sessions "
+        "(one squeue call for all of them).",
+    )
+    start_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Seconds between checks while any session is starting; a job "
+        "that dies at start is reported within two of these.",
     )
     default_walltime_hours: int = Field(default=8, ge=1, le=24 * 30)
+    live_data_ttl: float = Field(
+        default=30, gt=0, le=3600,
+        description="Seconds the spawn form's live cluster data (free CPUs, accounts, "
+        "reservations) is reused before a background refresh.",
+    )
+    query_timeout: float = Field(
+        default=5, gt=0, le=120,
+        description="Seconds a live-data query may take before the form falls back.",
+    )
     partitions: list[SlurmName] = Field(default_factory=list)
     accounts: list[SlurmName] = Field(default_factory=list)
     qos: list[SlurmName] = Field(default_factory=list)

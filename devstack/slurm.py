@@ -164,9 +164,12 @@ class LocalSlurm:
         self.start_slurmctld()
         self.start_slurmd()
 
+    def stop_controller(self) -> None:
+        stop_pid(self.pids.get("slurmctld"))
+
     def restart_controller(self, down_for: float = 0) -> None:
         """Stop slurmctld, wait, and start it again (tests of scheduler outages)."""
-        stop_pid(self.pids.get("slurmctld"))
+        self.stop_controller()
         time.sleep(down_for)
         self.start_slurmctld()
 

@@ -125,11 +125,15 @@ def gateway_settings(
             "api_port": free_port(),
             "proxy_api_port": free_port(),
             "data_dir": str(state_dir / "hub"),
+            "announcement": "Local demo cluster: sessions end when the demo stops.",
         },
         "auth": auth,
         "slurm": {
             "conf": str(slurm.conf),
-            "poll_interval": 1.0,
+            "poll_interval": 5.0,
+            "start_poll_interval": 1.0,
+            "live_data_ttl": 2,
+            "query_timeout": 2,
             "default_walltime_hours": 2,
             "partitions": list(("interactive", "largemem")),
         },
@@ -296,12 +300,22 @@ class Devstack:
         self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
         return rec
 
+    def stop_controller(self) -> None:
+        self.slurm().stop_controller()
+
+    def start_controller(self) -> None:
+        slurm = self.slurm()
+        slurm.start_slurmctld()
+        rec = self.record()
+        rec["pids"] = {**rec["pids"], "slurmctld": slurm.pids["slurmctld"]}
+        self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
+
     def restart_controller(self, down_for: float = 0) -> None:
         """Stop slurmctld for ``down_for`` seconds, then start it again; record its new PID."""
         slurm = self.slurm()
         slurm.restart_controller(down_for)
         rec = self.record()
-        rec["pids"] = slurm.pids
+        rec["pids"] = {**rec["pids"], "slurmctld": slurm.pids["slurmctld"]}
         self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
 
     def idp(self) -> LocalIdentityProvider:

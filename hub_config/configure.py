@@ -43,7 +43,12 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = True
     c.JupyterHub.admin_users = set(hub.admin_users)
-    c.JupyterHub.template_vars = {"announcement": hub.announcement} if hub.announcement else {}
+    if hub.announcement:
+        # JupyterHub's templates read these per page; home and spawn are where users act.
+        c.JupyterHub.template_vars = {
+            "announcement_home": hub.announcement,
+            "announcement_spawn": hub.announcement,
+        }
 
     c.JupyterHub.spawner_class = GatewaySpawner
     c.GatewaySpawner.settings = settings
@@ -52,7 +57,8 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.Spawner.default_url = settings.session.default_url
     c.Spawner.start_timeout = settings.session.start_timeout
     c.Spawner.http_timeout = settings.session.http_timeout
-    c.Spawner.poll_interval = max(1, int(settings.slurm.poll_interval * 6))
+    # JupyterHub's own check of running servers reads the shared poller's answer.
+    c.Spawner.poll_interval = max(1, int(settings.slurm.poll_interval))
 
     auth = settings.auth
     if auth is not None and auth.provider == "authentik":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 
@@ -9,6 +10,8 @@ from jinja2 import Environment, select_autoescape
 
 from bioimage_gateway.session_request import ADJUSTABLE, LABELS
 from bioimage_gateway.settings import GroupLimits, Profile
+
+from .cluster_info import Snapshot
 
 _ENV = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
 
@@ -24,7 +27,17 @@ def _bounds(profile: Profile, limits: GroupLimits) -> dict[str, dict[str, int]]:
     return out
 
 
-def render_options_form(profiles: list[Profile], limits: GroupLimits) -> str:
+@functools.cache
+def _template():
+    # Compiled once per hub: the form is rendered on every spawn-page load.
+    return _ENV.from_string(
+        resources.files(__package__).joinpath("templates", "options_form.html").read_text()
+    )
+
+
+def render_options_form(
+    profiles: list[Profile], limits: GroupLimits, cluster: Snapshot | None = None
+) -> str:
     if not profiles:
         return (
             "<p class='alert alert-warning'>None of the session profiles of this site "
@@ -32,10 +45,9 @@ def render_options_form(profiles: list[Profile], limits: GroupLimits) -> str:
             "group that may start sessions.</p>"
         )
     bounds = {p.slug: _bounds(p, limits) for p in profiles}
-    template = _ENV.from_string(
-        resources.files(__package__).joinpath("templates", "options_form.html").read_text()
-    )
-    return template.render(
+    cluster = cluster or Snapshot()
+    return _template().render(
+        cluster=cluster,
         profiles=profiles,
         bounds=bounds,
         bounds_json=json.dumps(bounds),

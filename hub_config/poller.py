@@ -26,11 +26,16 @@ log = logging.getLogger("bioimage_gateway.poller")
 class QueuePoller:
     _instances: dict[tuple, "QueuePoller"] = {}
 
-    def __init__(self, client: SlurmClient, interval: float, jitter: float = 0.1):
+    def __init__(self, client: SlurmClient, interval: float, start_interval: float | None = None,
+                 jitter: float = 0.1):
         self.client = client
         self.interval = interval
+        # While any session is starting, its user is waiting: ask more often.
+        self.start_interval = min(start_interval or interval, interval)
         self.jitter = jitter
         self.watched: set[str] = set()
+        self.starting: set[str] = set()
+        self._wake = asyncio.Event()
         self.jobs: dict[str, JobInfo] = {}
         self.ended: dict[str, JobInfo | None] = {}
         self.error: str | None = None
@@ -40,32 +45,47 @@ class QueuePoller:
         self._fresh = asyncio.Event()
 
     @classmethod
-    def shared(cls, client: SlurmClient, interval: float) -> "QueuePoller":
+    def shared(cls, client: SlurmClient, interval: float,
+               start_interval: float | None = None) -> "QueuePoller":
         """The hub's poller for this cluster (one per slurm.conf)."""
         key = (str(client.conf), str(client.bin_dir))
         poller = cls._instances.get(key)
         if poller is None or poller._loop_closed():
-            poller = cls._instances[key] = cls(client, interval)
+            poller = cls._instances[key] = cls(client, interval, start_interval)
         return poller
 
     def _loop_closed(self) -> bool:
         return self._task is not None and self._task.get_loop().is_closed()
 
-    def watch(self, job_id: str) -> None:
+    def watch(self, job_id: str, starting: bool = False) -> None:
         self.watched.add(job_id)
         self.ended.pop(job_id, None)
+        if starting:
+            self.starting.add(job_id)
+            self._wake.set()  # do not sleep out a long interval while a user waits
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
+    def started(self, job_id: str) -> None:
+        self.starting.discard(job_id)
+
     def unwatch(self, job_id: str) -> None:
         self.watched.discard(job_id)
+        self.starting.discard(job_id)
         self.jobs.pop(job_id, None)
         self.ended.pop(job_id, None)
 
     async def _run(self) -> None:
         while self.watched:
             await self.refresh()
-            await asyncio.sleep(self.interval * random.uniform(1 - self.jitter, 1 + self.jitter))
+            interval = self.start_interval if self.starting else self.interval
+            self._wake = asyncio.Event()
+            delay = interval * random.uniform(1 - self.jitter, 1 + self.jitter)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.sleep(self.start_interval * random.uniform(0.5, 1.0))
+            except asyncio.TimeoutError:
+                pass
 
     async def refresh(self) -> None:
         ids = set(self.watched)
@@ -97,8 +117,9 @@ class QueuePoller:
     async def next_answer(self, timeout: float | None = None) -> None:
         """Wait for the next refresh (whatever its outcome)."""
         event = self._fresh
+        wait = self.start_interval if self.starting else self.interval
         try:
-            await asyncio.wait_for(event.wait(), timeout or self.interval * 3)
+            await asyncio.wait_for(event.wait(), timeout or wait * 3)
         except asyncio.TimeoutError:
             pass
 

@@ -43,6 +43,7 @@ from bioimage_gateway.slurm import (
     check_username,
 )
 
+from .cluster_info import ClusterInfo
 from .form import render_options_form
 from .poller import QueuePoller
 
@@ -112,10 +113,21 @@ class GatewaySpawner(SlurmSpawner):
     def _default_options_form(self):
         return self._render_form
 
+    @property
+    def cluster_info(self) -> ClusterInfo:
+        slurm = self.site.slurm
+        return ClusterInfo.shared(
+            self.slurm, ttl=slurm.live_data_ttl, timeout=slurm.query_timeout,
+            configured_accounts=slurm.accounts, configured_qos=slurm.qos,
+        )
+
     def _render_form(self, spawner: "GatewaySpawner") -> str:
         groups = self._groups()
         return render_options_form(
-            allowed_profiles(self.site, groups), effective_limits(self.site, groups)
+            allowed_profiles(self.site, groups),
+            effective_limits(self.site, groups),
+            # Cached; a stale answer is refreshed in the background, never awaited.
+            self.cluster_info.snapshot(self.user.name),
         )
 
     def options_from_form(self, formdata):
@@ -147,6 +159,31 @@ class GatewaySpawner(SlurmSpawner):
         if self._access_token:
             env["BIOIMAGE_GATEWAY_ACCESS_TOKEN"] = self._access_token
         env["SLURM_CONF"] = str(self.site.slurm.conf)
+        # -- Dask clusters from the session (bioimage_gateway.dask_clusters, issue 6):
+        # the profile's Slurm names and the user's groups are the defaults and the
+        # limits of a user's cluster; dashboards go through jupyter-server-proxy.
+        import os, re  # noqa: E401 - local, to keep this block self-contained
+        try:
+            profile = resolve_request(self.site, self._groups(), self.user_options or {}).profile
+        except InvalidRequest:
+            profile = None
+        if profile is not None:
+            env["BIOIMAGE_GATEWAY_PROFILE"] = profile.slug
+            env["BIOIMAGE_GATEWAY_PARTITION"] = profile.partition
+            for key in ("account", "qos", "reservation"):
+                if getattr(profile, key):
+                    env[f"BIOIMAGE_GATEWAY_{key.upper()}"] = getattr(profile, key)
+        env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(
+            g for g in sorted(self._groups()) if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", g)
+        )
+        if os.environ.get("BIOIMAGE_GATEWAY_CONFIG"):
+            env["BIOIMAGE_GATEWAY_CONFIG"] = os.environ["BIOIMAGE_GATEWAY_CONFIG"]
+        if getattr(self.site, "dask", None) is not None:
+            env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = (
+                self.site.dask.limits_for(self._groups()).model_dump_json()
+            )
+        env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
+        # -- end Dask clusters
         # The job gets a plain system PATH; the batch script puts the session
         # environment first.  The hub's own PATH and virtualenv stay in the hub.
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
@@ -212,7 +249,8 @@ class GatewaySpawner(SlurmSpawner):
 
     @property
     def poller(self) -> QueuePoller:
-        return QueuePoller.shared(self.slurm, self.site.slurm.poll_interval)
+        slurm = self.site.slurm
+        return QueuePoller.shared(self.slurm, slurm.poll_interval, slurm.start_poll_interval)
 
     async def query_job_status(self):
         """The job's state from the hub's shared poller (no scheduler call of its own)."""
@@ -299,6 +337,13 @@ class GatewaySpawner(SlurmSpawner):
             raise
 
     async def _wait_for_session(self):
+        self.poller.watch(self.job_id, starting=True)
+        try:
+            return await self._poll_until_up()
+        finally:
+            self.poller.started(self.job_id)
+
+    async def _poll_until_up(self):
         while True:
             status = await self.query_job_status()
             if status is JobStatus.NOTFOUND:

@@ -48,7 +48,8 @@ def session_env(username: str) -> dict[str, str]:
 
 
 def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
-              port: int | None = None, **session_changes) -> HubProcess:
+              port: int | None = None, slurm_changes: dict | None = None,
+              **session_changes) -> HubProcess:
     """A hub on the devstack; a name other than "hub" gets its own ports and database."""
     record = devstack.record()
     settings_path = Path(record["gateway_yaml"])
@@ -60,6 +61,7 @@ def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
             proxy_api_port=free_port(), data_dir=str(devstack.state_dir / name),
         )
         settings["session"].update(session_changes)
+        settings["slurm"].update(slurm_changes or {})
         if auth_changes is None:
             # Extra hubs test the spawner; they sign users in with local passwords.
             settings["auth"] = dummy_settings(devstack.state_dir)

@@ -129,7 +129,7 @@ def test_session_survives_hub_restart_and_is_still_stoppable(devstack, hub, alic
 def test_session_survives_slurmctld_restart(devstack, alice, slurm):
     start_session(alice)
     job = jobs_of(slurm, "alice")
-    # Down for longer than the hub's poll interval (6 s here): polls fail meanwhile.
+    # Down for longer than the hub's poll interval (5 s here): polls fail meanwhile.
     devstack.restart_controller(down_for=8)
     assert alice.server()["ready"]
     assert alice.open_lab().status_code == 200
