@@ -42,11 +42,20 @@ class CatalogUnavailable(CatalogError, ConnectionError):
     """The catalog could not be reached, or the connection broke and a retry did not help."""
 
 
+class Unsupported(CatalogError, NotImplementedError):
+    """The catalog cannot do this at all (e.g. search over plain HTTP, listing a server without a
+    JSON directory index)."""
+
+
 @dataclass(frozen=True)
 class Entry:
+    """One thing in a catalog. ``kind`` is ``"collection"`` (a folder), ``"object"`` (bytes) or
+    ``"image"``: a collection recognised as one OME-Zarr image (see ``catalogs.zarr``), which is
+    still listed and opened key by key like a collection, but shown to users as one image."""
+
     url: str
     name: str
-    kind: Literal["collection", "object"]
+    kind: Literal["collection", "object", "image"]
     size: int | None = None
     modified: datetime | None = None
     checksum: str | None = None

@@ -40,3 +40,102 @@ def requests_made(irods):
         status = irods.status()
         return status["requests"] if api is None else status["by_api"].get(api, 0)
     return count
+
+
+# --- OMERO: an OMERO.web stand-in (a subprocess on 127.0.0.1, state in a temp dir, stopped by PID) ---
+
+from omero_support import OMERO_USERS, seed_omero, start_omero, stop_omero  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def omero():
+    """One seeded OMERO.web stand-in for the session; ``omero.ids`` names the seeded objects."""
+    standin = start_omero()
+    try:
+        standin.ids = seed_omero(standin)
+        yield standin
+    finally:
+        stop_omero(standin)
+
+
+@pytest.fixture
+def omero_alice(omero):
+    from bioimage_gateway.catalogs.omero import OmeroCatalog
+    catalog = OmeroCatalog(omero.url, "alice", OMERO_USERS["alice"])
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture
+def omero_requests(omero):
+    """A function giving how many requests the OMERO stand-in answered so far (all, or to one path
+    pattern such as ``/api/v0/m/datasets/{id}/images/``)."""
+    def count(path: str | None = None) -> int:
+        status = omero.status()
+        return status["requests"] if path is None else status["by_path"].get(path, 0)
+    return count
+
+
+# --- POSIX, HTTP and OME-Zarr access (appended) -------------------------------------------------
+
+@pytest.fixture(scope="session")
+def site():
+    """A directory tree with test files and a small OME-Zarr image (``zarr_support.IMAGE``),
+    readable by nginx's workers; removed at the end."""
+    import os
+    import shutil
+    import tempfile
+
+    from zarr_support import IMAGE, IMAGE_DIR, make_tree
+
+    from bioimage_gateway.devstack.samples import write_sample_image
+
+    root = Path(tempfile.mkdtemp(prefix="gw-site-", dir="/tmp"))
+    try:
+        make_tree(root)
+        (root / "images").mkdir(mode=0o755)
+        write_sample_image(root / "images" / IMAGE_DIR, **IMAGE)
+        for folder, _, files in os.walk(root / "images"):
+            Path(folder).chmod(0o755)
+            for name in files:
+                Path(folder, name).chmod(0o644)
+        root.chmod(0o755)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nginx(site):
+    """Debian's nginx serving ``site`` on loopback (JSON autoindex); stopped by PID at the end."""
+    from zarr_support import Nginx
+
+    server = Nginx(site).start()
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        server.stop()
+        assert not server.running, f"nginx pid {pid} still running"
+
+
+@pytest.fixture(scope="session")
+def irods_images(site):
+    """An iRODS stand-in of its own with the test image (``zarr_support.IMAGE``) put in by
+    ``samples.seed_irods``: in alice's "images" collection with REMBI AVUs (``.image``), a copy
+    in bob's private collection (``.private``), and alice's empty "images/plain"; stopped by PID."""
+    from zarr_support import IMAGE, IMAGE_DIR
+
+    from bioimage_gateway.devstack.samples import seed_irods
+
+    standin = start_standin()
+    try:
+        catalogue = standin.catalogue()
+        image = seed_irods(catalogue, ZONE, "alice", "images", site / "images" / IMAGE_DIR, IMAGE["rembi"])
+        private = seed_irods(catalogue, ZONE, "bob", f"/{ZONE}/home/bob/private", site / "images" / IMAGE_DIR)
+        catalogue.seed_collection(f"/{ZONE}/home/alice/images/plain", "alice")
+        catalogue.close()
+        standin.image, standin.private = f"irods:/{image}", f"irods:/{private}"
+        yield standin
+    finally:
+        stop_standin(standin)
