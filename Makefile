@@ -32,6 +32,11 @@ venv:
 	$(VENV)/bin/python -c 'from bioimage_gateway.devstack.idp import ensure_installed; ensure_installed()'
 	# Compute nodes have no route to the internet: JupyterLab must not ask for news.
 	install -D -m 0644 images/session/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	# Server extensions of the session (activity, Dask sweep), enabled for every user.
+	install -d $(VENV)/etc/jupyter/jupyter_server_config.d
+	install -m 0644 images/session/jupyter_server_config.d/*.json $(VENV)/etc/jupyter/jupyter_server_config.d/
+	# dask-labextension's "New cluster" uses the gateway's cluster factory.
+	install -D -m 0644 images/session/dask.yaml $(VENV)/etc/dask/bioimage-gateway.yaml
 	chmod -R o+rX $(PREFIX)
 
 benchmarks: system venv

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from .dask_settings import DaskSettings
+
 ENV_VAR = "BIOIMAGE_GATEWAY_CONFIG"
 DEFAULT_PATH = Path("/etc/bioimage-gateway/gateway.yaml")
 
@@ -267,6 +269,19 @@ class SessionSettings(_Model):
         return value
 
 
+class IdleCullerSettings(_Model):
+    """jupyterhub-idle-culler, run by the hub; busy kernels and transfers count as activity."""
+
+    enabled: bool = True
+    timeout_seconds: int = Field(default=4 * 3600, ge=10, description="Idle time before a "
+                                 "session is stopped and its node given back.")
+    every_seconds: int = Field(default=300, ge=5, description="How often the culler looks.")
+    activity_interval_seconds: int = Field(
+        default=300, ge=5,
+        description="How often sessions report activity to the hub (and the hub records it).",
+    )
+
+
 class GatewaySettings(_Model):
     hub: HubSettings = HubSettings()
     auth: AuthSettings | None = Field(
@@ -278,6 +293,8 @@ class GatewaySettings(_Model):
     default_limits: GroupLimits = GroupLimits()
     scratch_root: Path = Path("/scratch")
     session: SessionSettings
+    idle_culler: IdleCullerSettings = IdleCullerSettings()
+    dask: DaskSettings = DaskSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> "GatewaySettings":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import pwd
-import urllib.error
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
@@ -26,7 +26,7 @@ import yaml
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any, Bool, Unicode
 
 from bioimage_gateway.slurm import POSIX_USERNAME
@@ -68,17 +68,31 @@ def fetch_discovery(base_url: str, slug: str, timeout: float = 5) -> dict[str, s
 class AuthentikLoginHandler(OAuthLoginHandler):
     """Say so when Authentik is down, instead of sending the browser to a dead page."""
 
-    def get(self):
-        auth = self.authenticator
+    # A check per login click would cost every sign-in a round trip to the IdP;
+    # an answer from the last few seconds stands for all of them.
+    checked_ok_at = 0.0
+    check_ttl = 10.0
+
+    async def _idp_answers(self) -> bool:
+        cls = type(self)
+        if time.monotonic() - cls.checked_ok_at < cls.check_ttl:
+            return True
         try:
-            urllib.request.urlopen(auth.discovery_url, timeout=3).close()
-        except (urllib.error.URLError, OSError):
+            await AsyncHTTPClient().fetch(self.authenticator.discovery_url, request_timeout=3)
+        except Exception:  # noqa: BLE001 - refused, timed out, 5xx: all mean "down"
+            return False
+        cls.checked_ok_at = time.monotonic()
+        return True
+
+    async def get(self):
+        auth = self.authenticator
+        if not await self._idp_answers():
             raise page_error(
                 503,
                 f"The sign-in service ({auth.idp_name} at {auth.idp_base_url}) is not "
                 "answering, so you cannot sign in right now. Please try again in a few "
                 "minutes; if it lasts, tell the gateway's administrators.",
-            ) from None
+            )
         return super().get()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from bioimage_gateway.settings import GatewaySettings
@@ -60,6 +61,8 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     # JupyterHub's own check of running servers reads the shared poller's answer.
     c.Spawner.poll_interval = max(1, int(settings.slurm.poll_interval))
 
+    configure_idle_culler(c, settings)
+
     auth = settings.auth
     if auth is not None and auth.provider == "authentik":
         configure_authentik(c, settings)
@@ -70,6 +73,31 @@ def configure_hub(c, settings: GatewaySettings) -> None:
         c.DemoAuthenticator.users_file = str(auth.users_file)
         c.Authenticator.manage_groups = True
         c.Authenticator.allowed_users = set(read_users(auth.users_file))
+
+
+def configure_idle_culler(c, settings: GatewaySettings) -> None:
+    culler = settings.idle_culler
+    interval = culler.activity_interval_seconds
+    # Sessions report activity (busy kernels and transfers included: see
+    # extensions/activity.py) this often, and the hub records it as often.
+    c.JupyterHub.last_activity_interval = interval
+    c.Spawner.environment = {
+        "JUPYTERHUB_ACTIVITY_INTERVAL": str(interval),
+        "BIOIMAGE_GATEWAY_ACTIVITY_INTERVAL": str(max(5, interval // 2)),
+    }
+    if not culler.enabled:
+        return
+    c.JupyterHub.services = [{
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={culler.timeout_seconds}",
+                    f"--cull-every={culler.every_seconds}"],
+    }]
+    c.JupyterHub.load_roles = [{
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }]
 
 
 def _read_secret(path: Path, what: str) -> str:

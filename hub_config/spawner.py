@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import pwd
+import re
 import shlex
 from importlib import resources
 
@@ -47,6 +48,7 @@ from .cluster_info import ClusterInfo
 from .form import render_options_form
 from .poller import QueuePoller
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TEMPLATES = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
 
 
@@ -159,10 +161,17 @@ class GatewaySpawner(SlurmSpawner):
         if self._access_token:
             env["BIOIMAGE_GATEWAY_ACCESS_TOKEN"] = self._access_token
         env["SLURM_CONF"] = str(self.site.slurm.conf)
-        # -- Dask clusters from the session (bioimage_gateway.dask_clusters, issue 6):
-        # the profile's Slurm names and the user's groups are the defaults and the
-        # limits of a user's cluster; dashboards go through jupyter-server-proxy.
-        import os, re  # noqa: E401 - local, to keep this block self-contained
+        env.update(self._session_context_env())
+        # The job gets a plain system PATH; the batch script puts the session
+        # environment first.  The hub's own PATH and virtualenv stay in the hub.
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+        return env
+
+    def _session_context_env(self) -> dict[str, str]:
+        """What code in the session needs to know of it: the profile's Slurm names
+        and the user's groups (defaults and limits of Dask clusters, see
+        bioimage_gateway.dask_clusters), and the dashboard link through the proxy."""
+        env = {}
         try:
             profile = resolve_request(self.site, self._groups(), self.user_options or {}).profile
         except InvalidRequest:
@@ -173,20 +182,11 @@ class GatewaySpawner(SlurmSpawner):
             for key in ("account", "qos", "reservation"):
                 if getattr(profile, key):
                     env[f"BIOIMAGE_GATEWAY_{key.upper()}"] = getattr(profile, key)
-        env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(
-            g for g in sorted(self._groups()) if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", g)
-        )
-        if os.environ.get("BIOIMAGE_GATEWAY_CONFIG"):
-            env["BIOIMAGE_GATEWAY_CONFIG"] = os.environ["BIOIMAGE_GATEWAY_CONFIG"]
-        if getattr(self.site, "dask", None) is not None:
-            env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = (
-                self.site.dask.limits_for(self._groups()).model_dump_json()
-            )
+        # Group names are validated by the settings model and the IdP claim filter.
+        groups = sorted(g for g in self._groups() if _SAFE_NAME.fullmatch(g))
+        env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(groups)
+        env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = self.site.dask.limits_for(groups).model_dump_json()
         env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
-        # -- end Dask clusters
-        # The job gets a plain system PATH; the batch script puts the session
-        # environment first.  The hub's own PATH and virtualenv stay in the hub.
-        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         return env
 
     def _log_path(self, home: str) -> str:

@@ -1,0 +1,127 @@
+"""Helpers for the Dask tests: Python processes run as a demo user, OME-Zarr data, Slurm queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VENV_PYTHON = str(Path(sys.executable))
+
+# A tiny line-oriented REPL: one JSON {"code": ...} per line in, one JSON answer per line out.
+# The code runs in one namespace; it leaves its answer in `result` (JSON-able).
+REPL = r'''
+import json, os, sys, traceback
+ns = {}
+print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    ns["result"] = None
+    try:
+        exec(request["code"], ns)
+        answer = {"ok": True, "result": ns.get("result")}
+    except BaseException as exc:
+        answer = {"ok": False, "type": type(exc).__name__, "error": str(exc),
+                  "traceback": traceback.format_exc()}
+    print(json.dumps(answer, default=str), flush=True)
+'''
+
+
+def user_env(username: str, base: dict[str, str]) -> dict[str, str]:
+    account = pwd.getpwnam(username)
+    env = {
+        "HOME": account.pw_dir, "USER": username, "LOGNAME": username,
+        "PATH": f"{Path(VENV_PYTHON).parent}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    env.update(base)
+    return env
+
+
+def sudo_argv(username: str, env: dict[str, str], argv: list[str]) -> list[str]:
+    """``sudo -u USER env -i K=V ... ARGV``: the user's process with exactly ``env``."""
+    return ["sudo", "-n", "-u", username, "--", "/usr/bin/env", "-i",
+            *[f"{k}={v}" for k, v in env.items()], *argv]
+
+
+class UserPython:
+    """A Python process running as a demo user, driven from the test."""
+
+    def __init__(self, username: str, env: dict[str, str], cwd: str = "/tmp"):
+        self.username = username
+        self.proc = subprocess.Popen(
+            sudo_argv(username, user_env(username, env), [VENV_PYTHON, "-u", "-c", REPL]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, cwd=cwd,
+        )
+        hello = json.loads(self.proc.stdout.readline() or '{"ready": false}')
+        if not hello.get("ready"):
+            raise RuntimeError(f"python as {username} did not start: {self.proc.stderr.read()}")
+        self.pid = hello["pid"]  # the python process itself, not sudo
+
+    def run(self, code: str, check: bool = True) -> dict:
+        self.proc.stdin.write(json.dumps({"code": code}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"python as {self.username} died: {self.proc.stderr.read()}")
+        answer = json.loads(line)
+        if check and not answer["ok"]:
+            raise AssertionError(answer["traceback"])
+        return answer
+
+    def __call__(self, code: str):
+        return self.run(code)["result"]
+
+    def kill9(self) -> None:
+        subprocess.run(["kill", "-9", str(self.pid)], check=True)
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001
+                subprocess.run(["kill", "-9", str(self.pid)], check=False)
+                self.proc.wait(timeout=30)
+
+
+def squeue(env: dict[str, str], *args: str) -> list[list[str]]:
+    result = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True,
+                            env={**os.environ, **env}, check=True)
+    return [line.split("|") for line in result.stdout.splitlines() if line.strip()]
+
+
+def jobs_named(env: dict[str, str], user: str, prefix: str = "dask-worker-") -> list[str]:
+    return [row[0] for row in squeue(env, "-u", user, "-o", "%i|%j") if row[1].startswith(prefix)]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def write_ome_zarr(path: Path, shape=(16, 256, 256), chunks=(4, 64, 64), seed: int = 0):
+    """A small OME-Zarr image (a pyramid written by ome-zarr), readable by every user."""
+    import numpy as np
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 4096, size=shape, dtype=np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = zarr.group(store=parse_url(str(path), mode="w").store)
+    write_image(image=data, group=root, axes="zyx", storage_options=dict(chunks=chunks))
+    subprocess.run(["chmod", "-R", "a+rX", str(path.parent)], check=True)
+    return path
