@@ -7,6 +7,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev build-essential git curl procps sudo
   slurm-wlm munge        # the local Slurm cluster (slurmctld, slurmd, munged)
   chromium               # end-to-end browser tests (Playwright drives Debian's chromium)
+  postgresql             # the hub's production database option, tested beside SQLite
+  nginx-light            # a real web server for the HTTP catalog and staging tests
 )
 
 missing=()
@@ -25,7 +27,7 @@ fi
 
 # Debian starts munge and Slurm as services on install; the local stack runs its
 # own on other ports and sockets, so the packaged ones are not needed.
-for svc in slurmctld slurmd munge; do
+for svc in slurmctld slurmd munge postgresql nginx; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

@@ -49,6 +49,7 @@ def session_env(username: str) -> dict[str, str]:
 
 def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
               port: int | None = None, slurm_changes: dict | None = None,
+              culler: dict | None = None, hub_changes: dict | None = None,
               **session_changes) -> HubProcess:
     """A hub on the devstack; a name other than "hub" gets its own ports and database."""
     record = devstack.record()
@@ -62,6 +63,9 @@ def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
         )
         settings["session"].update(session_changes)
         settings["slurm"].update(slurm_changes or {})
+        settings["hub"].update(hub_changes or {})
+        if culler:
+            settings["idle_culler"] = culler
         if auth_changes is None:
             # Extra hubs test the spawner; they sign users in with local passwords.
             settings["auth"] = dummy_settings(devstack.state_dir)
