@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .processes import free_port, read_pid, run, stop_pid, wait_until
+from .processes import free_port, run, stop_pid, wait_until
 
 
 def _pg_bin(name: str) -> str:
@@ -54,8 +54,9 @@ class LocalPostgres:
             "-o", f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1", "-w",
             "start",
         ])
-        self.pid = read_pid(self.data_dir / "postmaster.pid")
         wait_until(self._answers, 30, "PostgreSQL")
+        # postmaster.pid: the PID on the first line, then data dir, start time, port...
+        self.pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
         exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
         if exists.strip() != "1":
             self.psql(f"CREATE DATABASE {self.database}", database="postgres")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from .data_services import start_data_services, stop_data_services
 from .idp import LocalIdentityProvider, demo_users
 from .processes import alive, free_port, run
 from .slurm import LocalSlurm
@@ -75,6 +76,7 @@ def check_session_environment(prefix: Path) -> Path:
     return prefix
 
 
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
 ALLOWED_GROUPS = ["imaging", "trainers", "gateway-admins"]
 OIDC_CLIENT_ID = "bioimage-gateway"
 
@@ -208,7 +210,7 @@ class Devstack:
             node=rec["slurm"]["node"],
             cpus=rec["slurm"]["cpus"],
             memory_mb=rec["slurm"]["memory_mb"],
-            pids={k: v for k, v in rec["pids"].items() if k != "idp"},
+            pids={k: v for k, v in rec["pids"].items() if k in SLURM_DAEMONS},
         )
 
     def running(self) -> bool:
@@ -252,10 +254,13 @@ class Devstack:
                 "post_logout_redirect_uris": [urls["after_logout"]],
             }],
         )
+        data_pids: dict = {}
         try:
             slurm.start()
             idp.start()
+            data_services, data_pids = start_data_services(self.state_dir, DEMO_USERS)
         except BaseException:
+            stop_data_services(data_pids)
             idp.stop()
             slurm.stop()
             raise
@@ -281,7 +286,8 @@ class Devstack:
                 "partitions": ["interactive", "largemem"],
             },
             "munge_socket": str(slurm.munge_socket),
-            "pids": {**slurm.pids, "idp": idp.pid},
+            "pids": {**slurm.pids, "idp": idp.pid, **data_pids},
+            "data_services": data_services,
             "idp": {
                 "issuer": idp.issuer,
                 "discovery_url": idp.discovery_url,
@@ -330,5 +336,6 @@ class Devstack:
             return
         try:
             self.idp().stop()
+            stop_data_services(self.record()["pids"])
         finally:
             self.slurm().stop()
