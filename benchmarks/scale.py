@@ -120,13 +120,18 @@ def start_sessions(admin: HubClient, users: list[str], options: dict) -> None:
         # 409: the user exists already (signed in before, or an earlier round).
         response = admin.api("POST", f"/users/{user}")
         assert response.status_code in (201, 409), response.text
-    def start(user: str) -> None:
+    def start(user: str) -> str | None:
         response = admin.api("POST", f"/users/{user}/server", json=options, timeout=120)
         # 400: already running (from the previous, smaller N).
-        assert response.status_code in (201, 202, 400), response.text
+        if response.status_code in (201, 202, 400):
+            return None
+        return f"{user}: {response.status_code} {response.text[:300]}"
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(start, users))
+        failures = [f for f in pool.map(start, users) if f]
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(users)} sessions failed to start; "
+                           f"first: {failures[0]}")
     deadline = time.monotonic() + 900
     waiting = set(users)
     while waiting and time.monotonic() < deadline:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -254,6 +253,10 @@ class SessionSettings(_Model):
         default=".bioimage-gateway/logs",
         pattern=r"^[A-Za-z0-9_.\-/]+$",
         description="Job logs, relative to the user's home directory.",
+    )
+    walltime_warning_minutes: int = Field(
+        default=15, ge=0, le=24 * 60,
+        description="JupyterLab warns this long before the session's walltime ends (0: never).",
     )
     prologue: str = Field(
         default="",

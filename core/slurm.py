@@ -42,6 +42,7 @@ class JobInfo:
     reason: str = ""
     exit_code: str = ""
     stdout_path: str = ""
+    end_time: str = ""  # expected end while running (start + walltime); actual once ended
 
     @property
     def pending(self) -> bool:
@@ -256,4 +257,5 @@ def parse_scontrol_job(text: str) -> JobInfo | None:
         reason=fields.get("Reason", ""),
         exit_code=fields.get("ExitCode", ""),
         stdout_path=fields.get("StdOut", ""),
+        end_time="" if fields.get("EndTime") in (None, "Unknown", "None") else fields["EndTime"],
     )

@@ -90,7 +90,7 @@ def run_demo(state_dir: Path, port: int) -> int:
         record = stack.up(hub_port=port)
         hub = HubProcess(Path(record["gateway_yaml"]), state_dir, log_path=state_dir / "hub.log")
         hub.start()
-        print(f"Demo users (password): "
+        print("Demo users (password): "
               + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))
         print(f"Hub log: {state_dir / 'hub.log'}")
         print(f"BioImage Gateway ready at {record['hub_url']}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -86,3 +87,64 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         raise RuntimeError(
             f"{' '.join(argv)} failed with status {exc.returncode}: {exc.stderr.strip()}"
         ) from None
+
+
+class StandinProcess:
+    """A stand-in server of ours as a child process, its state in ``state_dir``.
+
+    Subclasses give ``label`` and ``argv()``; the server writes
+    ``state_dir/server.json`` ({"host", "port"}) once it listens.
+    """
+
+    label = "stand-in"
+    state_dir: Path
+    pid: int | None = None
+    host = "127.0.0.1"
+    port: int | None = None
+    _log = None
+    _proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _spawn(self, timeout: float):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("server.json", "server.pid"):
+            (self.state_dir / name).unlink(missing_ok=True)
+        self._log = open(self.state_dir / "server.log", "ab")
+        self._proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self._proc.pid
+        deadline = time.monotonic() + timeout
+        info_path = self.state_dir / "server.json"
+        while time.monotonic() < deadline:
+            try:
+                info = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                info = None
+            if info:
+                self.host, self.port = info["host"], info["port"]
+                return self
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the {self.label} exited with {self._proc.returncode}; "
+                                   f"see {self.state_dir / 'server.log'}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the {self.label} did not start within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.pid:
+            stop_pid(self.pid, timeout=10)
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.pid = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    @property
+    def running(self) -> bool:
+        return alive(self.pid)

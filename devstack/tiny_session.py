@@ -17,6 +17,10 @@ from urllib.parse import urlparse
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
+        # Like jupyterhub-singleuser, answer only under this session's own prefix.
+        if not self.path.startswith(os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")):
+            self.send_error(404)
+            return
         body = f"tiny session of {os.environ.get('JUPYTERHUB_USER', '?')}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -31,11 +31,14 @@ def free_port() -> int:
 
 
 def answers_http(port: int, path: str) -> bool:
+    """True once a server answers 200 at ``path``: the session's own base path, so that
+    another user's server that happens to hold the port never passes for ours."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("GET", path)
-        conn.getresponse().read()
-        return True
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
     except OSError:
         return False
     finally:
@@ -57,11 +60,32 @@ def report_port(port: int) -> None:
         response.read()
 
 
+# A free port can be taken by another job between our check and the server's
+# bind; a server that exits before answering is started again on a new port.
+START_ATTEMPTS = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     if not command:
         print("usage: bioimage-gateway-session COMMAND [ARGS...]", file=sys.stderr)
         return 2
+    for attempt in range(1, START_ATTEMPTS + 1):
+        status = run_once(command)
+        if status != EXITED_BEFORE_ANSWER:
+            return status
+        if attempt == START_ATTEMPTS or _stopping:
+            return 1
+        print(f"bioimage-gateway-session: starting again on another port "
+              f"(attempt {attempt + 1} of {START_ATTEMPTS})", file=sys.stderr, flush=True)
+    return 1
+
+
+EXITED_BEFORE_ANSWER = -1000
+_stopping = False  # Slurm (scancel, walltime) asked us to stop: never start again
+
+
+def run_once(command: list[str]) -> int:
     port = free_port()
     env = dict(os.environ)
     service_url = urlparse(env.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:0/"))
@@ -72,17 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(command, env=env)
 
     def forward(signum, _frame):
+        global _stopping
+        _stopping = True
         server.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
 
     deadline = time.monotonic() + READY_TIMEOUT
-    while not answers_http(port, base_path + "api"):
+    while not (answers_http(port, base_path + "api") and server.poll() is None):
         if server.poll() is not None:
             print(f"bioimage-gateway-session: {command[0]} exited with status "
                   f"{server.returncode} before it answered", file=sys.stderr, flush=True)
-            return server.returncode or 1
+            return EXITED_BEFORE_ANSWER
         if time.monotonic() > deadline:
             print(f"bioimage-gateway-session: no answer on port {port} after "
                   f"{READY_TIMEOUT:.0f} s", file=sys.stderr, flush=True)

@@ -187,6 +187,9 @@ class GatewaySpawner(SlurmSpawner):
         env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(groups)
         env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = self.site.dask.limits_for(groups).model_dump_json()
         env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
+        env["BIOIMAGE_GATEWAY_WALLTIME_WARNING_MINUTES"] = str(
+            self.site.session.walltime_warning_minutes
+        )
         return env
 
     def _log_path(self, home: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from support import jobs_of, logged_in
+from support import jobs_of, logged_in, start_hub
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).parents[1] / "artifacts")) / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -107,3 +107,28 @@ def test_user_in_no_allowed_group_sees_why_in_the_browser(browser, hub):
         steps.shot("not-authorised")
     finally:
         context.close()
+
+
+def test_lab_warns_before_the_walltime_ends(browser, devstack, slurm):
+    """A 1-hour session on a site that warns 2 hours ahead: the warning is there at once."""
+    hub = start_hub(devstack, "warning-hub", walltime_warning_minutes=120)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    steps = Steps(page, "walltime-warning")
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", "bob")
+        page.fill("#password_input", "bob-demo")
+        page.click("#login_submit")
+        expect(page.locator("#profile-cpu")).to_be_visible()
+        page.fill("#field-walltime_hours", "1")
+        page.locator("form input[type=submit], form button[type=submit]").first.click()
+        expect(page.locator(".jp-LabShell")).to_be_visible(timeout=180_000)
+        warning = page.get_by_text(re.compile(r"Your session \(Slurm job \d+\) ends in \d+ minutes"))
+        expect(warning.first).to_be_visible(timeout=30_000)
+        steps.shot("walltime-warning")
+    finally:
+        context.close()
+        logged_in(hub.url, "bob").stop()
+        hub.stop()
+    assert jobs_of(slurm, "bob") == []

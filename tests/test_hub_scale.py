@@ -82,3 +82,23 @@ def test_announcement_is_on_the_home_and_spawn_pages(hub):
     text = "Local demo cluster: sessions end when the demo stops."
     assert text in alice.http.get(alice.url("/hub/home"), timeout=30).text
     assert text in alice.spawn_form().text
+
+
+def test_spawn_form_lists_the_active_reservations_open_to_the_user(hub, slurm):
+    """A trainer's course reservation shows on the form of its users, not on others'."""
+    node = run(["sinfo", "-h", "-o", "%N"], env=slurm.env).stdout.split()[0]
+    run(["scontrol", "create", "reservation", "ReservationName=course-demo", "Users=tom",
+         "StartTime=now", "Duration=60", f"Nodes={node}", "Flags=IGNORE_JOBS"], env=slurm.env)
+    try:
+        tom = logged_in(hub.url, "tom")
+        alice = logged_in(hub.url, "alice")
+        for client in (tom, alice):
+            client.spawn_form()
+        time.sleep(3)  # past the live-data TTL: the next view has the fresh answer
+        for client in (tom, alice):
+            client.spawn_form()
+        time.sleep(1)
+        assert "Active reservation open to you: <strong>course-demo</strong>" in tom.spawn_form().text
+        assert "course-demo" not in alice.spawn_form().text
+    finally:
+        run(["scontrol", "delete", "ReservationName=course-demo"], env=slurm.env, check=False)

@@ -24,7 +24,13 @@ def test_spawn_lab_through_proxy_then_stop(alice, slurm):
 
     lab = alice.open_lab()
     assert lab.status_code == 200
-    assert "JupyterLab" in lab.text and f"/user/alice/" in lab.url
+    assert "JupyterLab" in lab.text and "/user/alice/" in lab.url
+    # The session knows its job and when its walltime (1 h) ends.
+    info = alice.http.get(alice.url("/user/alice/bioimage-gateway/session"), timeout=30).json()
+    assert info["job_id"] == jobs[0]
+    assert 3300 < info["seconds_left"] <= 3600
+    # The lab loads the gateway's extension.
+    assert "bioimage-gateway-lab" in lab.text
 
     alice.stop()
     assert jobs_of(slurm, "alice") == []

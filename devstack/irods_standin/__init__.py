@@ -24,20 +24,20 @@ the protocol.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from ..processes import alive, stop_pid
+from ..processes import StandinProcess
 from .catalogue import Catalogue, sha2
 from .protocol import API
 
 __all__ = ["IrodsStandin", "Catalogue", "sha2", "API"]
 
 
-class IrodsStandin:
+class IrodsStandin(StandinProcess):
     """One stand-in server process with its state in ``state_dir``."""
+
+    label = "iRODS stand-in"
 
     def __init__(self, state_dir: Path | str, zone: str = "tempZone",
                  users: dict[str, str] | None = None, admins: dict[str, str] | None = None,
@@ -76,47 +76,7 @@ class IrodsStandin:
 
     def start(self, timeout: float = 20) -> "IrodsStandin":
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("server.json", "server.pid"):
-            (self.state_dir / name).unlink(missing_ok=True)
-        self._log = open(self.state_dir / "server.log", "ab")
-        proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = proc.pid
-        self._proc = proc
-        deadline = time.monotonic() + timeout
-        info_path = self.state_dir / "server.json"
-        while time.monotonic() < deadline:
-            if info_path.exists():
-                try:
-                    info = json.loads(info_path.read_text())
-                except ValueError:
-                    info = None
-                if info:
-                    self.host, self.port = info["host"], info["port"]
-                    return self
-            if proc.poll() is not None:
-                raise RuntimeError(f"the iRODS stand-in exited with {proc.returncode}; "
-                                   f"see {self.state_dir / 'server.log'}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the iRODS stand-in did not start within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.pid:
-            stop_pid(self.pid, timeout=10)
-            if getattr(self, "_proc", None) is not None:
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-        self.pid = None
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        return alive(self.pid)
+        return self._spawn(timeout)
 
     def status(self) -> dict:
         """Counters the server keeps in status.json: requests, by_api, connections, drops..."""

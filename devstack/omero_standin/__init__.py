@@ -22,24 +22,24 @@ use ``store()`` (``add_project``, ``add_dataset``, ``add_image``, ``annotate``..
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from ..processes import alive, stop_pid
+from ..processes import StandinProcess
 from .store import PERMISSION_LEVELS, Store, pixel
 
 __all__ = ["OmeroStandin", "Store", "pixel", "PERMISSION_LEVELS"]
 
 
-class OmeroStandin:
+class OmeroStandin(StandinProcess):
     """One stand-in OMERO.web process with its state in ``state_dir``.
 
     ``users``: ``[{"username", "password", "groups": [names]}]`` (the first group is the user's
     default group); ``groups``: ``{name: permissions}`` for groups that are not read-only
     (``rwr---``, the default), e.g. ``{"private-lab": "rw----"}``.
     """
+
+    label = "OMERO stand-in"
 
     def __init__(self, state_dir: Path | str, port: int = 0, users: list[dict] | None = None,
                  groups: dict[str, str] | None = None, zarr: bool = True, latency_ms: float = 0,
@@ -79,51 +79,11 @@ class OmeroStandin:
 
     def start(self, timeout: float = 20) -> "OmeroStandin":
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("server.json", "server.pid"):
-            (self.state_dir / name).unlink(missing_ok=True)
         # users and groups exist before the process starts, so seeding can begin at once
         store = Store(self.state_dir)
         store.initialise(self.users, self.groups)
         store.close()
-        self._log = open(self.state_dir / "server.log", "ab")
-        proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = proc.pid
-        self._proc = proc
-        deadline = time.monotonic() + timeout
-        info_path = self.state_dir / "server.json"
-        while time.monotonic() < deadline:
-            if info_path.exists():
-                try:
-                    info = json.loads(info_path.read_text())
-                except ValueError:
-                    info = None
-                if info:
-                    self.host, self.port = info["host"], info["port"]
-                    return self
-            if proc.poll() is not None:
-                raise RuntimeError(f"the OMERO stand-in exited with {proc.returncode}; "
-                                   f"see {self.state_dir / 'server.log'}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the OMERO stand-in did not start within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.pid:
-            stop_pid(self.pid, timeout=10)
-            if self._proc is not None:
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-        self.pid = None
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    @property
-    def running(self) -> bool:
-        return alive(self.pid)
+        return self._spawn(timeout)
 
     def status(self) -> dict:
         """Counters the server keeps in status.json: requests, by_path, drops, auth_failures, logins."""
