@@ -18,6 +18,7 @@ database and gives poll/stop.  What changes, and why:
 from __future__ import annotations
 
 import asyncio
+import functools
 import pwd
 import re
 import shlex
@@ -52,6 +53,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TEMPLATES = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
 
 
+@functools.cache
 def _template(name: str):
     text = resources.files(__package__).joinpath("templates", name).read_text()
     return _TEMPLATES.from_string(text)

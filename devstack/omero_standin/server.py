@@ -52,7 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .store import MAP_NS, Store, plane, png
+from .store import Store, plane, png
 
 log = logging.getLogger("omero-standin")
 
@@ -446,7 +446,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(403, {"message": f"omero.SecurityViolation: User {self.user['id']} is not a "
                                              f"member of group {group} and cannot read its data"})
         vis, args = self.visible_sql()
-        where, wargs = [f"o.type = ?", vis], [type_, *args]
+        where, wargs = ["o.type = ?", vis], [type_, *args]
         if parent is None:
             for ptype, name in (("Project", "project"), ("Dataset", "dataset"), ("Screen", "screen")):
                 pid = self.int_param(name, None)

@@ -259,7 +259,7 @@ def test_bad_addresses_are_refused_before_any_request(omero, omero_alice, omero_
            f"omero://{host}/image/0": "positive integer",
            f"omero://{host}/image/1?bsession=x": "no query",
            f"omero://{host}/well/1": "expected omero://",
-           f"omero://elsewhere.example.org/image/1": "not on this OMERO server",
+           "omero://elsewhere.example.org/image/1": "not on this OMERO server",
            f"irods://{host}/image/1": "not an omero:// address",
            f"omero://{host}/image/" + "9" * 3000: "at most 2048"}
     before = omero_requests()
