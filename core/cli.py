@@ -54,6 +54,65 @@ def cmd_settings(args) -> int:
     return 0
 
 
+def _int_list(text: str | None):
+    if text is None:
+        return None
+    return [int(v) if v.strip().isdigit() else v.strip() for v in text.split(",") if v.strip()]
+
+
+def cmd_stage(args) -> int:
+    from bioimage_gateway import staging
+
+    if args.status:
+        found = staging.status(args.url) if args.url else staging.status()
+        for doc in found if isinstance(found, list) else [found]:
+            eta = doc.get("eta_s")
+            rate = doc.get("rate_bytes_per_s")
+            print(f"{doc.get('key')}  {doc.get('state'):<11} {doc.get('objects_done', 0)}/{doc.get('objects_total', '?')} "
+                  f"objects  {doc.get('bytes_done', 0)}/{doc.get('bytes_total', '?')} bytes"
+                  + (f"  {rate / 1e6:.1f} MB/s" if rate else "")
+                  + (f"  ETA {eta:.0f} s" if eta else "")
+                  + f"  {doc.get('url')}  -> {doc.get('path')}")
+        return 0
+    if not args.url:
+        print("bioimage-gateway stage: a URL is needed (or --status)", file=sys.stderr)
+        return 2
+    try:
+        path = staging.stage(args.url, levels=_int_list(args.levels), channels=_int_list(args.channels),
+                             timepoints=args.timepoints, dest=args.dest, background=args.background,
+                             progress=sys.stderr.isatty())
+    except staging.StagingError as exc:
+        print(f"bioimage-gateway stage: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_evict(args) -> int:
+    from bioimage_gateway import staging
+
+    try:
+        removed = staging.evict(args.target)
+    except staging.StagingError as exc:
+        print(f"bioimage-gateway evict: {exc}", file=sys.stderr)
+        return 1
+    for path in removed:
+        print(f"removed {path}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from bioimage_gateway import staging
+
+    try:
+        url = staging.publish(args.local, args.url, overwrite=args.overwrite)
+    except staging.StagingError as exc:
+        print(f"bioimage-gateway publish: {exc}", file=sys.stderr)
+        return 1
+    print(url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bioimage-gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("action", choices=["check", "schema"])
     settings.add_argument("file", nargs="?", default=None)
     settings.set_defaults(func=cmd_settings)
+
+    stage = sub.add_parser("stage", help="copy (a selection of) a dataset onto scratch; print its path")
+    stage.add_argument("url", nargs="?", help="irods://..., https://..., file:///... (an OME-Zarr or anything)")
+    stage.add_argument("--levels", help="resolution levels: indexes or paths, comma-separated (0,2 or s2)")
+    stage.add_argument("--channels", help="channels: indexes or names, comma-separated")
+    stage.add_argument("--timepoints", help="a range A:B (B excluded) or one timepoint")
+    stage.add_argument("--dest", help="stage into this directory instead of the cache")
+    stage.add_argument("--background", action="store_true", help="run detached; see --status")
+    stage.add_argument("--status", action="store_true", help="show staged and running datasets (or URL's)")
+    stage.set_defaults(func=cmd_stage)
+
+    evict = sub.add_parser("evict", help="remove staged copies of a URL, or one cache entry by key or path")
+    evict.add_argument("target")
+    evict.set_defaults(func=cmd_evict)
+
+    publish = sub.add_parser("publish", help="upload results to iRODS, verified, with provenance")
+    publish.add_argument("local")
+    publish.add_argument("url", help="irods://ZONE/home/USER/...")
+    publish.add_argument("--overwrite", action="store_true", help="replace what exists at URL")
+    publish.set_defaults(func=cmd_publish)
     return parser
 
 

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   chromium               # end-to-end browser tests (Playwright drives Debian's chromium)
   postgresql             # the hub's production database option, tested beside SQLite
   nginx-light            # a real web server for the HTTP catalog and staging tests
+  rclone                 # the peer of the staging benchmark over HTTP
 )
 
 missing=()

@@ -1,0 +1,223 @@
+"""Staging throughput against peers, one run, printed as figures and ratios.
+
+An OME-Zarr of >= 10 000 small chunks (written here) is staged whole
+
+1. from the iRODS stand-in with ``--latency-ms`` (2) added to every request: ``staging.stage``
+   vs python-irodsclient ``data_objects.get`` one object after another (target >= 10x). The
+   sequential peer is timed on ``--baseline-objects`` objects (default 1500) and its rate
+   extrapolated to the whole tree (0 = time them all);
+2. over HTTP from Debian's nginx: ``staging.stage`` vs ``rclone copy --transfers 16`` with
+   rclone's http backend (target >= 1.0x; skipped with a note when rclone is not installed);
+3. from local disk: ``staging.stage`` (file://) vs ``cp -r`` (target >= 0.8x).
+
+Every run of ours is a cold one (a fresh destination); both sides verify nothing else.
+
+    /opt/bioimage-gateway/venv/bin/python benchmarks/staging.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bioimage_gateway import staging
+from bioimage_gateway.devstack.irods_standin import IrodsStandin
+from bioimage_gateway.devstack.processes import free_port, stop_pid
+from bioimage_gateway.devstack.samples import seed_irods, write_sample_image
+
+ZONE = "benchZone"
+USER, PASSWORD = "alice", "alice-bench"
+
+
+def count_files(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for folder, _, names in os.walk(root):
+        for n in names:
+            files += 1
+            size += os.path.getsize(os.path.join(folder, n))
+    return files, size
+
+
+def line(label: str, seconds: float, files: int, size: int) -> str:
+    return (f"  {label:<44} {seconds:8.2f} s  {files / seconds:9.0f} objects/s  "
+            f"{size / seconds / 1e6:7.2f} MB/s")
+
+
+def start_nginx(root: Path, work: Path) -> tuple[int, int]:
+    port = free_port()
+    while True:
+        try:
+            import socket
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            port = free_port()
+    user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+{user}
+worker_processes 2;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    default_type application/octet-stream;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        autoindex on;
+        autoindex_format json;
+    }}
+    server {{  # the same tree with HTML listings, which rclone's http backend reads
+        listen 127.0.0.1:{port + 1};
+        root {root};
+        autoindex on;
+    }}
+}}
+""")
+    proc = subprocess.Popen(["/usr/sbin/nginx", "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf),
+                             "-g", "daemon off;"], stdin=subprocess.DEVNULL, start_new_session=True)
+    import requests
+    for _ in range(100):
+        try:
+            requests.head(f"http://127.0.0.1:{port}/", timeout=1)
+            return port, proc.pid
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    stop_pid(proc.pid)
+    raise RuntimeError("nginx did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency-ms", type=float, default=2.0)
+    ap.add_argument("--baseline-objects", type=int, default=1500)
+    ap.add_argument("--threads", type=int, default=16)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="gw-bench-staging-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    os.environ["BIOIMAGE_GATEWAY_SCRATCH"] = str(work / "scratch")
+    standin = None
+    nginx_pid = None
+    try:
+        site = work / "site"
+        site.mkdir()
+        image = site / "bench.ome.zarr"
+        t = time.monotonic()
+        # 2 channels x 10 planes x 320 x 320 in 16 x 16 chunks: 8000 + 2000 + 500 chunks
+        write_sample_image(image, name="bench", shape_tczyx=(1, 2, 10, 320, 320), levels=3,
+                           chunks=(1, 1, 1, 16, 16), seed=1)
+        for folder, _, files in os.walk(site):
+            os.chmod(folder, 0o755)
+            for n in files:
+                os.chmod(os.path.join(folder, n), 0o644)
+        files, size = count_files(image)
+        print(f"OME-Zarr: {files} objects, {size / 1e6:.2f} MB (written in {time.monotonic() - t:.1f} s)")
+
+        # --- 1. iRODS ------------------------------------------------------------------------
+        standin = IrodsStandin(work / "irods", zone=ZONE, users={USER: PASSWORD},
+                               latency_ms=args.latency_ms).start()
+        catalogue = standin.catalogue()
+        coll = seed_irods(catalogue, ZONE, USER, "bench", image)
+        catalogue.close()
+        creds = dict(host=standin.host, port=standin.port, user=USER, zone=ZONE, password=PASSWORD)
+        url = f"irods:/{coll}"
+        print(f"\n1. iRODS stand-in, {args.latency_ms:g} ms added per request")
+        t = time.monotonic()
+        ours = staging.stage(url, dest=work / "irods-ours", threads=args.threads, **creds)
+        ours_s = time.monotonic() - t
+        assert count_files(ours)[0] == files, "staged copy incomplete"
+        print(line(f"staging.stage ({args.threads} threads)", ours_s, files, size))
+
+        from irods.session import iRODSSession
+        objects = []
+        for folder, _, names in os.walk(image):
+            rel = os.path.relpath(folder, image)
+            for n in sorted(names):
+                objects.append(n if rel == "." else f"{rel}/{n}")
+        sample = objects if args.baseline_objects <= 0 else objects[:args.baseline_objects]
+        dest = work / "irods-get"
+        with iRODSSession(**creds) as session:
+            t = time.monotonic()
+            for rel in sample:
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                session.data_objects.get(f"{coll}/{rel}", str(target))
+            base_s = time.monotonic() - t
+        extrapolated = base_s * len(objects) / len(sample)
+        note = "" if len(sample) == len(objects) else f" (timed on {len(sample)} objects, extrapolated)"
+        print(line("data_objects.get, one after another" + ("*" if note else ""), extrapolated, files, size) + note)
+        r1 = extrapolated / ours_s
+        print(f"  ratio: {r1:.1f}x  (target >= 10x)")
+        stop_pid(standin.pid)
+        standin = None
+
+        # --- 2. HTTP -------------------------------------------------------------------------
+        nginx_dir = work / "nginx"
+        nginx_dir.mkdir()
+        port, nginx_pid = start_nginx(site, nginx_dir)
+        print(f"\n2. HTTP, Debian's nginx on 127.0.0.1:{port}")
+        t = time.monotonic()
+        ours = staging.stage(f"http://127.0.0.1:{port}/bench.ome.zarr/", dest=work / "http-ours",
+                             threads=args.threads)
+        ours_s = time.monotonic() - t
+        assert count_files(ours)[0] == files, "staged copy incomplete"
+        print(line(f"staging.stage ({args.threads} threads)", ours_s, files, size))
+        rclone = shutil.which("rclone")
+        r2 = None
+        if rclone:
+            t = time.monotonic()
+            subprocess.run([rclone, "copy", "--transfers", "16", "--http-url", f"http://127.0.0.1:{port + 1}/",
+                            ":http:bench.ome.zarr", str(work / "http-rclone")], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            peer_s = time.monotonic() - t
+            got = count_files(work / "http-rclone")[0]
+            print(line("rclone copy --transfers 16", peer_s, files, size)
+                  + ("" if got == files else f" ({got} objects: nginx's listings hide the dot files)"))
+            r2 = peer_s / ours_s
+            print(f"  ratio: {r2:.2f}x  (target >= 1.0x)")
+        else:
+            print("  rclone is not installed (apt-get install rclone): no peer measured")
+        stop_pid(nginx_pid)
+        nginx_pid = None
+
+        # --- 3. local disk -------------------------------------------------------------------
+        print("\n3. local disk")
+        subprocess.run(["sync"], check=False)
+        t = time.monotonic()
+        ours = staging.stage(f"file://{image}", dest=work / "local-ours", threads=args.threads)
+        ours_s = time.monotonic() - t
+        assert count_files(ours)[0] == files, "staged copy incomplete"
+        print(line(f"staging.stage ({args.threads} threads)", ours_s, files, size))
+        t = time.monotonic()
+        subprocess.run(["cp", "-r", str(image), str(work / "local-cp")], check=True)
+        peer_s = time.monotonic() - t
+        print(line("cp -r", peer_s, files, size))
+        r3 = peer_s / ours_s
+        print(f"  ratio: {r3:.2f}x  (target >= 0.8x)")
+
+        print("\nratios (peer time / our time): "
+              f"iRODS {r1:.1f}x, HTTP {'n/a' if r2 is None else f'{r2:.2f}x'}, local {r3:.2f}x")
+        return 0
+    finally:
+        if standin is not None:
+            stop_pid(standin.pid)
+        if nginx_pid is not None:
+            stop_pid(nginx_pid)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

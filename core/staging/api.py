@@ -1,0 +1,604 @@
+"""``stage``, ``status``, ``evict``: the cache on scratch, its entries, locks and progress.
+
+Layout: the cache is ``<scratch>/bioimage-gateway/staging`` (mode 0700), ``<scratch>`` being
+``cache_dir=`` / ``$BIOIMAGE_GATEWAY_SCRATCH`` / the settings' ``scratch_root``/<user> (when
+``$BIOIMAGE_GATEWAY_CONFIG`` names a gateway.yaml) / ``~/scratch``. One entry per source URL and
+selection, ``<cache>/<key>/`` (``key``: a hash of both), holding
+
+* ``<name>``: the staged copy (``embryo.ome.zarr``, or a file's name);
+* ``.entry.json``: the URL and selection (written when the entry is made);
+* ``.journal.jsonl``: one line per verified object (see ``transfer.Journal``);
+* ``.status.json``: progress (state, bytes, objects, rate, ETA), rewritten while it runs;
+* ``.lock``: ``flock``-ed by the process transferring, so a second stage of the same dataset
+  waits for the first instead of transferring again;
+* ``.staged.json``: the manifest, written last, only when every object is verified: the
+  entry is complete. Its modification time is the entry's last use (for LRU eviction).
+
+``dest=DIR`` makes ``DIR`` the entry (the copy is ``DIR/<name>``), outside the cache's quota.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import InsufficientSpace, StagingError, VerificationFailed
+from .plan import Plan, normalise_selection, plan
+from .transfer import Fatal, Journal, Progress, Source, transfer, write_doc
+
+MANIFEST = ".staged.json"
+ENTRY = ".entry.json"
+JOURNAL = ".journal.jsonl"
+STATUS = ".status.json"
+LOCK = ".lock"
+JOB = ".job.json"
+LOG = ".log"
+
+DEFAULTS = dict(threads=16, retries=4, backoff=0.2, range_threshold=64 << 20, range_size=16 << 20,
+                range_threads=4, fsync="batch")
+
+
+# --- where things go ---------------------------------------------------------------------------
+
+def scratch_dir() -> Path:
+    env = os.environ.get("BIOIMAGE_GATEWAY_SCRATCH")
+    if env:
+        return Path(env).expanduser()
+    if os.environ.get("BIOIMAGE_GATEWAY_CONFIG"):
+        try:
+            from ..settings import load_settings
+            user = os.environ.get("USER") or Path.home().name
+            return Path(load_settings().scratch_root) / user
+        except Exception:  # an unreadable gateway.yaml must not stop staging
+            pass
+    return Path.home() / "scratch"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    base = Path(cache_dir).expanduser() if cache_dir else scratch_dir() / "bioimage-gateway" / "staging"
+    return base
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def canonical_url(url: str | os.PathLike) -> str:
+    url = os.fspath(url)
+    if "://" not in url:  # a local path
+        from ..catalogs.posix import PosixCatalog
+        url = PosixCatalog.url(os.path.abspath(url))
+    return url.rstrip("/") if url.count("/") > 3 else url
+
+
+def cache_key(url: str, selection: dict) -> str:
+    text = json.dumps({"url": canonical_url(url), "selection": selection}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _quota(value) -> int | None:
+    if value is None:
+        value = os.environ.get("BIOIMAGE_GATEWAY_STAGING_QUOTA")
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _write_json(path: Path, doc: dict, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _activity_dir() -> Path:
+    try:
+        from ..extensions.activity import ACTIVE_DIR
+        return Path(ACTIVE_DIR)
+    except Exception:  # tornado missing (no Jupyter here): the same place
+        return Path(os.environ.get("BIOIMAGE_GATEWAY_ACTIVE_DIR",
+                                   Path.home() / ".local/state/bioimage-gateway/active"))
+
+
+def _activity_interval() -> float:
+    return float(os.environ.get("BIOIMAGE_GATEWAY_ACTIVITY_INTERVAL", "60"))
+
+
+@contextmanager
+def _locked(entry: Path, wait: bool = True):
+    """The entry's lock; yields True when held, False when another process holds it (wait=False)."""
+    fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _is_locked(entry: Path) -> bool:
+    if not (entry / LOCK).exists():
+        return False
+    with _locked(entry, wait=False) as held:
+        return not held
+
+
+# --- entries -----------------------------------------------------------------------------------
+
+def _entries(root: Path) -> list[Path]:
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and (p / ENTRY).exists())
+    except FileNotFoundError:
+        return []
+
+
+def _entry_size(entry: Path) -> int:
+    manifest = _read_json(entry / MANIFEST)
+    if manifest and isinstance(manifest.get("bytes"), int):
+        return manifest["bytes"]
+    total = 0
+    for folder, _, files in os.walk(entry):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _complete(entry: Path) -> dict | None:
+    manifest = _read_json(entry / MANIFEST)
+    if manifest and manifest.get("complete") and (entry / manifest["name"]).exists():
+        return manifest
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(_nearest_existing(path)).free
+
+
+def _open_source_catalog(url: str, credentials: dict, threads: int):
+    from ..catalogs import open_catalog
+    from ..catalogs.posix import PosixCatalog
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("http", "https"):
+        credentials = {"pool_maxsize": max(threads, 4), **credentials}
+    if scheme == "file":
+        return PosixCatalog(recognise_images=False)
+    return open_catalog(url, **credentials)
+
+
+# --- stage -------------------------------------------------------------------------------------
+
+def stage(url: str | os.PathLike, levels=None, channels=None, timepoints=None, bbox=None,
+          dest: str | os.PathLike | None = None, *, background: bool = False,
+          cache_dir: str | os.PathLike | None = None, quota: int | str | None = None,
+          catalog=None, progress: bool = False, **options) -> Path:
+    """Copy ``url`` (or the selection of it: OME-Zarr ``levels``, ``channels``, ``timepoints``,
+    ``bbox``; see ``staging.plan``) onto scratch, verified, and return the local path.
+
+    A complete copy of the same selection is returned at once (no request). An interrupted one
+    is resumed: objects verified before are not fetched again. ``background=True`` runs the
+    transfer in a detached process (it survives the kernel) and returns the path at once;
+    ``status(path)`` tells how far it is, ``wait(path)`` waits for it.
+
+    ``quota`` (bytes, or ``"50G"``; default ``$BIOIMAGE_GATEWAY_STAGING_QUOTA``) bounds the
+    cache: least recently used complete entries are evicted to make room. Other keyword
+    arguments are the catalog's credentials (``host``, ``port``, ``user``, ``zone``,
+    ``password``, ``auth``...) or transfer options (``threads``, ``retries``, ``backoff``,
+    ``range_threshold``, ``range_size``, ``fsync``)."""
+    url = canonical_url(url)
+    selection = normalise_selection(levels, channels, timepoints, bbox)
+    settings = {k: options.pop(k) for k in list(options) if k in DEFAULTS}
+    credentials = options
+    key = cache_key(url, selection)
+    in_cache = dest is None
+    entry = (cache_root(cache_dir) / key) if in_cache else Path(dest).expanduser().absolute()
+
+    done = _complete(entry)
+    if done is not None and done.get("key") == key:
+        os.utime(entry / MANIFEST)  # last use, for LRU eviction
+        return entry / done["name"]
+
+    if background:
+        return _start_background(url, selection, entry, key, in_cache, cache_dir, quota, credentials,
+                                 settings)
+    return _stage_here(url, selection, entry, key, in_cache, cache_dir, quota, credentials, settings,
+                       catalog=catalog, show=progress)
+
+
+def _start_background(url, selection, entry, key, in_cache, cache_dir, quota, credentials, settings) -> Path:
+    if in_cache:
+        _make_private_dir(entry.parent)
+    _make_private_dir(entry)
+    name = _entry_name(entry, url)
+    _write_json(entry / ENTRY, {"url": url, "selection": selection, "key": key, "name": name})
+    job = {"url": url, "selection": selection, "dest": None if in_cache else str(entry),
+           "cache_dir": str(cache_dir) if cache_dir else None, "quota": quota,
+           "credentials": credentials, "options": settings}
+    _write_json(entry / JOB, job, mode=0o600)
+    if not (entry / STATUS).exists() or (_read_json(entry / STATUS) or {}).get("state") != "running":
+        _write_json(entry / STATUS, {"state": "queued", "url": url, "key": key, "path": str(entry / name),
+                                     "updated": time.time()})
+    log = open(entry / LOG, "ab")
+    try:
+        subprocess.Popen([sys.executable, "-m", "bioimage_gateway.staging", "run", str(entry / JOB)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, close_fds=True)
+    finally:
+        log.close()
+    return entry / name
+
+
+def _entry_name(entry: Path, url: str) -> str:
+    known = _read_json(entry / ENTRY)
+    if known and known.get("name"):
+        return known["name"]
+    from urllib.parse import unquote, urlsplit
+    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "data"
+
+
+def run_job(job_file: str | os.PathLike) -> Path:
+    """Run a background job (``python -m bioimage_gateway.staging run <job.json>``)."""
+    job = json.loads(Path(job_file).read_text())
+    selection = job["selection"]
+    url = job["url"]
+    key = cache_key(url, selection)
+    in_cache = job.get("dest") is None
+    entry = (cache_root(job.get("cache_dir")) / key) if in_cache else Path(job["dest"])
+    try:
+        return _stage_here(url, selection, entry, key, in_cache, job.get("cache_dir"), job.get("quota"),
+                           job.get("credentials") or {}, job.get("options") or {})
+    finally:
+        try:
+            (entry / JOB).unlink()  # it may hold a password
+        except FileNotFoundError:
+            pass
+
+
+def _stage_here(url, selection, entry: Path, key, in_cache, cache_dir, quota, credentials, settings, *,
+                catalog=None, show=False) -> Path:
+    opts = {**DEFAULTS, **settings}
+    own_catalog = catalog is None
+    if own_catalog:
+        catalog = _open_source_catalog(url, credentials, opts["threads"])
+    try:
+        the_plan = plan(catalog, url, selection, threads=opts["threads"])
+        journal_done = Journal.load(entry / JOURNAL) if (entry / ENTRY).exists() else {}
+        _check_space(the_plan, entry, journal_done, in_cache, cache_dir, quota)
+        if in_cache:
+            _make_private_dir(entry.parent)
+        _make_private_dir(entry)
+        if (entry / MANIFEST).exists() and _read_json(entry / MANIFEST).get("key") != key:
+            raise StagingError(f"{entry} holds another staged dataset; choose an empty destination")
+        _write_json(entry / ENTRY, {"url": url, "selection": selection, "key": key, "name": the_plan.name})
+        with _locked(entry):
+            done = _complete(entry)
+            if done is not None:  # another process finished it while we waited
+                os.utime(entry / MANIFEST)
+                return entry / done["name"]
+            return _transfer_locked(catalog, the_plan, url, selection, entry, key, opts, show)
+    finally:
+        if own_catalog:
+            catalog.close()
+
+
+def _check_space(the_plan: Plan, entry: Path, journal_done: dict, in_cache: bool, cache_dir, quota) -> None:
+    verified = sum(r.get("size", 0) for r in journal_done.values())
+    needed = max(0, the_plan.total_bytes - verified)
+    limit = _quota(quota) if in_cache else None
+    if limit is not None:
+        if the_plan.total_bytes > limit:
+            raise InsufficientSpace(
+                f"staging {the_plan.url} needs {the_plan.total_bytes} bytes, more than the whole staging "
+                f"cache quota of {limit} bytes; select less (levels, channels, timepoints) or raise the quota",
+                the_plan.total_bytes, limit)
+        _evict_for(entry.parent, needed, limit, keep=entry)
+    free = _free_bytes(entry)
+    if needed > free:
+        raise InsufficientSpace(
+            f"staging {the_plan.url} needs {needed} bytes but {_nearest_existing(entry)} has only {free} "
+            f"bytes free; free space, select less (levels, channels, timepoints) or stage elsewhere (dest=)",
+            needed, free)
+
+
+def _evict_for(root: Path, needed: int, limit: int, keep: Path) -> None:
+    """Evict least recently used complete entries until ``needed`` more bytes fit in ``limit``."""
+    entries = [e for e in _entries(root) if e != keep]
+    sizes = {e: _entry_size(e) for e in entries}
+    used = sum(sizes.values()) + (_entry_size(keep) if keep.exists() else 0)
+    if used + needed <= limit:
+        return
+    candidates = sorted((e for e in entries if _complete(e)), key=lambda e: (e / MANIFEST).stat().st_mtime)
+    for candidate in candidates:
+        if used + needed <= limit:
+            break
+        with _locked(candidate, wait=False) as held:
+            if not held:
+                continue  # in use
+            shutil.rmtree(candidate, ignore_errors=True)
+        used -= sizes[candidate]
+    if used + needed > limit:
+        raise InsufficientSpace(
+            f"staging needs {needed} bytes; the staging cache quota is {limit} bytes and {used} are taken by "
+            f"entries that cannot be evicted (in use or incomplete); evict some (bioimage-gateway evict KEY)",
+            needed, max(0, limit - used))
+
+
+class _Reporter:
+    """Writes ``.status.json`` and touches the activity file while a transfer runs."""
+
+    def __init__(self, entry: Path, base: dict, progress: Progress, show: bool):
+        self.entry, self.base, self.progress, self.show = entry, base, progress, show
+        self.stop = threading.Event()
+        self.active = _activity_dir() / f"staging-{base['key']}"
+        self.interval = min(1.0, _activity_interval() / 2)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def write(self, state: str, **extra) -> dict:
+        doc = {**self.base, "state": state, "pid": os.getpid(), "updated": time.time(),
+               **self.progress.snapshot(), **extra}
+        _write_json(self.entry / STATUS, doc)
+        return doc
+
+    def _loop(self):
+        while not self.stop.wait(self.interval):
+            doc = self.write("running")
+            try:
+                self.active.touch()
+            except OSError:
+                pass
+            if self.show:
+                eta = doc["eta_s"]
+                print(f"\r{doc['objects_done']}/{doc['objects_total']} objects, {doc['bytes_done']}/"
+                      f"{doc['bytes_total']} bytes, {doc['rate_bytes_per_s'] / 1e6:.1f} MB/s, ETA "
+                      f"{'?' if eta is None else f'{eta:.0f} s'}", end="", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        try:
+            self.active.parent.mkdir(parents=True, exist_ok=True)
+            self.active.touch()
+        except OSError:
+            pass
+        self.write("running")
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if self.show:
+            print(file=sys.stderr)
+        try:
+            self.active.unlink()
+        except OSError:
+            pass
+
+
+def _transfer_locked(catalog, the_plan: Plan, url, selection, entry: Path, key, opts, show) -> Path:
+    root = entry
+    data = entry / the_plan.name
+    verified = Journal.load(entry / JOURNAL)
+    if verified or (entry / JOURNAL).exists():
+        _remove_partials(data)  # left by a killed run
+    todo, skipped_bytes = [], 0
+    for item in the_plan.items:
+        record = verified.get(item.key)
+        if record is not None and (item.size is None or record.get("size") == item.size):
+            try:
+                if os.stat(root / item.key).st_size == record["size"]:
+                    skipped_bytes += record["size"]
+                    continue
+            except OSError:
+                pass
+        todo.append(item)
+    progress = Progress(objects_total=len(the_plan.items), bytes_total=the_plan.total_bytes,
+                        objects_done=len(the_plan.items) - len(todo), bytes_done=skipped_bytes,
+                        objects_skipped=len(the_plan.items) - len(todo), bytes_skipped=skipped_bytes)
+    base = {"url": url, "key": key, "path": str(data), "selection": selection}
+    source = Source(catalog, opts["range_threshold"], opts["range_size"], opts["range_threads"])
+    journal = Journal(entry / JOURNAL, fsync=opts["fsync"])
+    reporter = _Reporter(entry, base, progress, show)
+    try:
+        with reporter:
+            try:
+                failures = transfer(source, todo, root, journal, progress, threads=opts["threads"],
+                                    retries=opts["retries"], backoff=opts["backoff"])
+            except Fatal as exc:
+                journal.close()
+                journal = None
+                reporter.write("failed", error=str(exc))
+                raise StagingError(str(exc)) from None
+            if failures:
+                first = list(failures.items())[:5]
+                lines = "\n".join(f"  {u}: {why}" for u, why in first)
+                more = f"\n  ... and {len(failures) - 5} more" if len(failures) > 5 else ""
+                message = (f"staging {url} is not complete: {len(failures)} of {len(the_plan.items)} objects "
+                           f"could not be fetched and verified:\n{lines}{more}\nThe verified objects are kept; "
+                           f"staging again resumes.")
+                reporter.write("failed", error=message, failures=len(failures))
+                raise VerificationFailed(message, failures)
+            for doc_key, content in the_plan.docs.items():
+                write_doc(root / doc_key, content)
+            manifest = {
+                "complete": True, "key": key, "url": url, "selection": selection,
+                "resolved": the_plan.selection, "kind": the_plan.kind, "name": the_plan.name,
+                "path": str(data), "objects": len(the_plan.items), "bytes": the_plan.total_bytes,
+                "levels": the_plan.levels, "completed": datetime.now(timezone.utc).isoformat(),
+                "software": _software(),
+            }
+            if journal is not None:
+                journal.close()
+                journal = None
+            _write_json(entry / MANIFEST, manifest)
+            _fsync_dir(entry)
+            reporter.write("complete")
+    finally:
+        if journal is not None:
+            journal.close()
+    return data
+
+
+def _remove_partials(data: Path) -> None:
+    if data.is_file() or not data.exists():
+        for p in data.parent.glob(data.name + ".part-*"):
+            p.unlink(missing_ok=True)
+        return
+    for folder, _, files in os.walk(data):
+        for name in files:
+            if ".part-" in name:
+                try:
+                    os.unlink(os.path.join(folder, name))
+                except OSError:
+                    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _software() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": sys.version.split()[0]}
+    for dist in ("bioimage-gateway", "python-irodsclient", "zarr", "ome-zarr"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# --- status, wait, evict -----------------------------------------------------------------------
+
+def _find(target: str | os.PathLike | None, cache_dir=None) -> list[Path]:
+    root = cache_root(cache_dir)
+    if target is None:
+        return _entries(root)
+    text = os.fspath(target)
+    path = Path(text).expanduser()
+    if "://" not in text and (path.exists() or path.parent.exists()):
+        for candidate in (path, path.parent):
+            if (candidate / ENTRY).exists():
+                return [candidate.absolute()]
+    if (root / text / ENTRY).exists():
+        return [root / text]
+    url = canonical_url(text) if "://" in text else None
+    return [e for e in _entries(root) if url and (_read_json(e / ENTRY) or {}).get("url") == url]
+
+
+def _entry_status(entry: Path) -> dict:
+    info = _read_json(entry / ENTRY) or {}
+    manifest = _complete(entry)
+    doc = _read_json(entry / STATUS) or {}
+    out = {"key": info.get("key", entry.name), "url": info.get("url"), "selection": info.get("selection"),
+           "path": str(entry / info.get("name", "")), **{k: v for k, v in doc.items() if k not in ("key",)}}
+    if manifest:
+        out["state"] = "complete"
+        out["bytes_done"] = out["bytes_total"] = manifest["bytes"]
+        out["objects_done"] = out["objects_total"] = manifest["objects"]
+        out["eta_s"] = 0
+    elif out.get("state") in ("running", "queued") and not _is_locked(entry):
+        pid = doc.get("pid")
+        alive = False
+        if pid:
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except OSError:
+                pass
+        if not (out.get("state") == "queued" and (alive or time.time() - doc.get("updated", 0) < 30)):
+            out["state"] = "interrupted"  # its process is gone: staging again resumes
+    out.setdefault("state", "incomplete")
+    return out
+
+
+def status(target: str | os.PathLike | None = None, *, cache_dir=None) -> dict | list[dict]:
+    """Progress of one staged dataset (a URL, a cache key, or the local path ``stage`` returned):
+    ``state`` (queued, running, complete, failed, interrupted), ``bytes_done``/``bytes_total``,
+    ``objects_done``/``objects_total``, ``rate_bytes_per_s``, ``eta_s``; with no argument, the
+    list for every entry in the cache."""
+    entries = _find(target, cache_dir)
+    if target is None:
+        return [_entry_status(e) for e in entries]
+    if not entries:
+        raise StagingError(f"nothing staged for {target}")
+    found = [_entry_status(e) for e in entries]
+    return found[0] if len(found) == 1 else found
+
+
+def wait(target: str | os.PathLike, timeout: float | None = None, *, cache_dir=None,
+         interval: float = 0.2) -> Path:
+    """Wait for a (background) stage to complete; returns the path, raises if it failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        doc = status(target, cache_dir=cache_dir)
+        if isinstance(doc, list):
+            raise StagingError(f"{target} names {len(doc)} staged datasets; give the key or the path")
+        if doc["state"] == "complete":
+            return Path(doc["path"])
+        if doc["state"] in ("failed", "interrupted"):
+            raise StagingError(f"staging {doc.get('url')} {doc['state']}: {doc.get('error', '')}".strip())
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"staging {doc.get('url')} still {doc['state']} after {timeout} s")
+        time.sleep(interval)
+
+
+def evict(target: str | os.PathLike, *, cache_dir=None) -> list[Path]:
+    """Remove the cached copies of a URL (every selection of it), or one entry (its key or path).
+    An entry being transferred is not removed (``StagingError``). Returns what was removed."""
+    entries = _find(target, cache_dir)
+    if not entries:
+        raise StagingError(f"nothing staged for {target}")
+    removed = []
+    for entry in entries:
+        with _locked(entry, wait=False) as held:
+            if not held:
+                raise StagingError(f"{entry} is being staged right now; stop it first or evict it later")
+            shutil.rmtree(entry)
+        removed.append(entry)
+    return removed
