@@ -321,11 +321,13 @@ def main() -> int:
         print(f"  slurmctld outage: {lost} sessions lost (target 0)")
         return 0
     finally:
-        for hub in hubs_started:
-            hub.stop()
-        devstack.down()
-        for user in users:
-            run(["userdel", "--remove", user], check=False)
+        try:
+            for hub in hubs_started:
+                hub.stop()
+            devstack.down()
+        finally:
+            for user in users:
+                run(["userdel", "--remove", user], check=False)
 
 
 if __name__ == "__main__":

@@ -179,13 +179,17 @@ class LocalSlurm:
         result = run(["squeue", "-h", "-o", "%i"], env=self.env, check=False)
         return result.stdout.split() if result.returncode == 0 else []
 
-    def cancel_all_jobs(self, timeout: float = 60) -> None:
+    def cancel_all_jobs(self, timeout: float = 120) -> None:
         if not alive(self.pids.get("slurmctld")):
             return
-        jobs = self.job_ids()
-        if jobs:
-            run(["scancel", *jobs], env=self.env, check=False)
-            wait_until(lambda: not self.job_ids(), timeout, "jobs to leave the queue")
+        if self.job_ids():
+            run(["scancel", "--full", "--partition=interactive,largemem"], env=self.env,
+                check=False)
+            try:
+                wait_until(lambda: not self.job_ids(), timeout, "jobs to leave the queue")
+            except RuntimeError:
+                # Stopping slurmd next ends what is left; going on beats leaving daemons.
+                pass
 
     def stop(self) -> None:
         try:
