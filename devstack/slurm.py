@@ -182,9 +182,9 @@ class LocalSlurm:
     def cancel_all_jobs(self, timeout: float = 120) -> None:
         if not alive(self.pids.get("slurmctld")):
             return
-        if self.job_ids():
-            run(["scancel", "--full", "--partition=interactive,largemem"], env=self.env,
-                check=False)
+        jobs = self.job_ids()
+        if jobs:
+            run(["scancel", *jobs], env=self.env, check=False)
             try:
                 wait_until(lambda: not self.job_ids(), timeout, "jobs to leave the queue")
             except RuntimeError:
