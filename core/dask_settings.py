@@ -24,6 +24,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .limits import most_generous
+
 # No import of .settings at module level: settings.py imports this module for
 # GatewaySettings.dask.  Same name rule as settings.GroupName.
 GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
@@ -92,15 +94,7 @@ class DaskSettings(_Model):
 
     def limits_for(self, groups: Iterable[str]) -> DaskLimits:
         """The most generous limits among the user's groups, else the site default."""
-        mine = [self.group_limits[g] for g in sorted(set(groups)) if g in self.group_limits]
-        if not mine:
-            return self.default_limits
-
-        def most(key: str) -> int | None:
-            values = [getattr(limit, key) for limit in mine]
-            return None if any(v is None for v in values) else max(values)
-
-        return DaskLimits(**{key: most(key) for key in DaskLimits.model_fields})
+        return most_generous(self.group_limits, groups, self.default_limits)
 
 
 def parse_dask_settings(data: Any, source: str = "gateway.yaml") -> DaskSettings:

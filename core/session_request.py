@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .limits import most_generous
 from .settings import GatewaySettings, GroupLimits, Profile
 
 _DIGITS = re.compile(r"^[0-9]{1,6}$")
@@ -77,22 +78,7 @@ def allowed_profiles(settings: GatewaySettings, groups: Iterable[str]) -> list[P
 
 def effective_limits(settings: GatewaySettings, groups: Iterable[str]) -> GroupLimits:
     """The most generous limits among the user's groups, else the site default."""
-    mine = [settings.group_limits[g] for g in sorted(set(groups)) if g in settings.group_limits]
-    if not mine:
-        return settings.default_limits
-
-    def most(key: str) -> int | None:
-        values = [getattr(limit, key) for limit in mine]
-        # None means "no limit" and beats any number.
-        return None if any(v is None for v in values) else max(values)
-
-    return GroupLimits(
-        max_sessions=max(limit.max_sessions for limit in mine),
-        max_cpus=most("max_cpus"),
-        max_memory_gb=most("max_memory_gb"),
-        max_gpus=most("max_gpus"),
-        max_walltime_hours=most("max_walltime_hours"),
-    )
+    return most_generous(settings.group_limits, groups, settings.default_limits)
 
 
 def _single(raw: Mapping[str, Any], key: str) -> Any:
