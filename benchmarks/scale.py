@@ -37,6 +37,7 @@ from bioimage_gateway.devstack.slurm_calls import QUERY_COMMANDS, count_calls, c
 from bioimage_gateway.devstack.stack import Devstack, ensure_unix_user
 
 LOAD_USER = "gwl{:03d}"
+STOCK_BASE = Path(__file__).with_name("stock_batchspawner_config.py")
 
 OURS_CONFIG = """
 load_subconfig({base!r})
@@ -50,38 +51,15 @@ c.JupyterHub.active_server_limit = 0
 """
 
 STOCK_CONFIG = """
-import os
-from bioimage_gateway.settings import load_settings
-from bioimage_gateway.hub_config.demo_auth import DemoAuthenticator, read_users
-
-s = load_settings()
-env_bin = str(s.session.environment / "bin")
+load_subconfig({base!r})
 bin_dir = {bin_dir!r}
-c.JupyterHub.bind_url = f"http://{{s.hub.ip}}:{{s.hub.port}}"
-c.JupyterHub.hub_bind_url = f"http://{{s.hub.api_ip}}:{{s.hub.api_port}}"
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{{s.hub.proxy_api_port}}"
-c.JupyterHub.db_url = f"sqlite:///{{s.hub.data_dir}}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret = os.urandom(32)
-c.JupyterHub.cleanup_servers = False
+c.Authenticator.admin_users = {{"ada"}}
 c.JupyterHub.concurrent_spawn_limit = 0
 c.JupyterHub.active_server_limit = 0
-c.JupyterHub.authenticator_class = DemoAuthenticator
-c.DemoAuthenticator.users_file = str(s.auth.users_file)
-c.Authenticator.allowed_users = set(read_users(s.auth.users_file))
-c.Authenticator.admin_users = {{"ada"}}
-c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
 c.SlurmSpawner.batch_submit_cmd = bin_dir + "/sbatch --parsable"
 c.SlurmSpawner.batch_query_cmd = bin_dir + "/squeue -h -j {{job_id}} -o '%T %B'"
 c.SlurmSpawner.batch_cancel_cmd = bin_dir + "/scancel {{job_id}}"
-c.SlurmSpawner.req_partition = "interactive"
-c.SlurmSpawner.req_nprocs = "1"
-c.SlurmSpawner.req_memory = "1G"
-c.SlurmSpawner.req_runtime = "1:00:00"
-c.SlurmSpawner.batchspawner_singleuser_cmd = env_bin + "/batchspawner-singleuser"
-c.SlurmSpawner.req_prologue = "export PATH=" + env_bin + ":$PATH"
 c.Spawner.cmd = [{tiny!r}]
-os.environ["SLURM_CONF"] = str(s.slurm.conf)
-c.Spawner.environment = {{"SLURM_CONF": str(s.slurm.conf)}}
 c.Spawner.poll_interval = {interval}
 c.Spawner.http_timeout = 120
 c.Spawner.start_timeout = 600
@@ -270,7 +248,8 @@ def main() -> int:
             hub_settings(devstack, "ours", state_dir / "bin-ours", args.interval),
             state_dir, state_dir / "ours.log", config_file=ours_cfg)
         stock_cfg = state_dir / "stock_config.py"
-        stock_cfg.write_text(STOCK_CONFIG.format(bin_dir=str(state_dir / "bin-stock"),
+        stock_cfg.write_text(STOCK_CONFIG.format(base=str(STOCK_BASE),
+                                                 bin_dir=str(state_dir / "bin-stock"),
                                                  tiny=str(tiny), interval=args.interval))
         stock = HubProcess(
             hub_settings(devstack, "stock", state_dir / "bin-stock", args.interval,

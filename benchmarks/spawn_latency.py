@@ -27,38 +27,7 @@ from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import free_port
 from bioimage_gateway.devstack.stack import DEMO_USERS, Devstack, dummy_settings
 
-STOCK_CONFIG = '''
-# Stock batchspawner SlurmSpawner, configured for the same local Slurm.
-import os, sys
-from bioimage_gateway.settings import load_settings
-from bioimage_gateway.hub_config.demo_auth import DemoAuthenticator, read_users
-
-s = load_settings()
-env_bin = str(s.session.environment / "bin")
-c.JupyterHub.bind_url = f"http://{s.hub.ip}:{s.hub.port}"
-c.JupyterHub.hub_bind_url = f"http://{s.hub.api_ip}:{s.hub.api_port}"
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.hub.proxy_api_port}"
-c.JupyterHub.db_url = f"sqlite:///{s.hub.data_dir}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret = os.urandom(32)
-c.JupyterHub.authenticator_class = DemoAuthenticator
-c.DemoAuthenticator.users_file = str(s.auth.users_file)
-c.Authenticator.allowed_users = set(read_users(s.auth.users_file))
-c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
-c.SlurmSpawner.req_partition = "interactive"
-c.SlurmSpawner.req_nprocs = "1"
-c.SlurmSpawner.req_memory = "1G"
-c.SlurmSpawner.req_runtime = "1:00:00"
-c.SlurmSpawner.startup_poll_interval = 0.5
-c.SlurmSpawner.batchspawner_singleuser_cmd = env_bin + "/batchspawner-singleuser"
-c.SlurmSpawner.req_prologue = "export PATH=" + env_bin + ":$PATH"
-c.Spawner.cmd = [env_bin + "/jupyterhub-singleuser"]
-c.Spawner.default_url = "/lab"
-# Stock runs squeue/scancel with the hub's environment, sbatch with the spawner's.
-os.environ["SLURM_CONF"] = str(s.slurm.conf)
-c.Spawner.environment = {"SLURM_CONF": str(s.slurm.conf)}
-c.Spawner.start_timeout = 180
-c.Spawner.http_timeout = 60
-'''
+STOCK_CONFIG = Path(__file__).with_name("stock_batchspawner_config.py")
 
 PASSWORD = {u["username"]: u["password"] for u in DEMO_USERS}
 
@@ -107,11 +76,9 @@ def main() -> int:
     try:
         devstack.up()
         ours = HubProcess(hub_settings(devstack, "ours"), state_dir, state_dir / "ours.log")
-        stock_config = state_dir / "stock_config.py"
-        stock_config.write_text(STOCK_CONFIG)
         stock = HubProcess(
             hub_settings(devstack, "stock"), state_dir, state_dir / "stock.log",
-            config_file=stock_config,
+            config_file=STOCK_CONFIG,
         )
         for hub in (ours, stock):
             hub.start()
