@@ -10,7 +10,9 @@ collection shared with the ``imaging`` group.
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 from pathlib import Path
 
 from .irods_standin import IrodsStandin
@@ -42,6 +44,29 @@ def _share_with_group(catalogue, collection: str, local_tree: Path, group: str) 
             catalogue.seed_access(f"{base}/{name}", group, "read")
 
 
+def write_irods_client_config(user: dict, host: str, port: int) -> Path:
+    """What `iinit` leaves in a home: irods_environment.json and the scrambled .irodsA,
+    so code in the user's session reaches the stand-in with no arguments."""
+    from irods.password_obfuscation import encode
+
+    account = pwd.getpwnam(user["username"])
+    directory = Path(account.pw_dir) / ".irods"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    environment = {"irods_host": host, "irods_port": port, "irods_zone_name": ZONE,
+                   "irods_user_name": user["username"],
+                   "irods_authentication_scheme": "native"}
+    files = {
+        directory / "irods_environment.json": json.dumps(environment, indent=2) + "\n",
+        directory / ".irodsA": encode(user["password"], uid=account.pw_uid),
+    }
+    for path, text in files.items():
+        path.write_text(text)
+        path.chmod(0o600)
+    for path in (directory, *files):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    return directory / "irods_environment.json"
+
+
 def start_irods(state_dir: Path, users: list[dict], images: list[Path]) -> IrodsStandin:
     irods = IrodsStandin(
         state_dir / "irods", zone=ZONE,
@@ -56,6 +81,8 @@ def start_irods(state_dir: Path, users: list[dict], images: list[Path]) -> Irods
                         SAMPLES[2].rembi)
     catalogue.seed_access(f"/{ZONE}/home/alice/shared-with-{SHARED_GROUP}", SHARED_GROUP, "read")
     _share_with_group(catalogue, shared, zebrafish, SHARED_GROUP)
+    for user in users:
+        write_irods_client_config(user, irods.host, irods.port)
     return irods
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bioimage_gateway.catalogs import PermissionDenied, open_catalog
 from bioimage_gateway.catalogs.rembi import to_rembi
 from bioimage_gateway.catalogs.zarr import is_ome_zarr
+from bioimage_gateway.devstack.processes import run
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +56,13 @@ def test_omero_projects_belong_to_their_owners(services):
                          username="alice", password="alice-demo")
     projects = [e.name for e in alice.list(f"omero://{host}/")]
     assert "alice's demo project" in projects
+
+
+def test_demo_users_reach_irods_from_their_session_without_arguments(devstack, services):
+    """devstack up leaves what `iinit` would: the client finds the stand-in on its own."""
+    program = ("from bioimage_gateway.catalogs.irods import IrodsCatalog; "
+               "c = IrodsCatalog(); print(c.user, [e.name for e in c.list("
+               f"'irods://{services['irods']['zone']}/home/bob/timelapse')])")
+    result = run(["sudo", "-u", "bob", "-H", sys.executable, "-c", program], check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["bob", "['hela-cells-timelapse.ome.zarr']"]
