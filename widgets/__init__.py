@@ -7,7 +7,15 @@ def __getattr__(name: str):
         from .dask_cluster import DaskClusterWidget
 
         return DaskClusterWidget
+    if name in ("DataBrowser", "BrowserModel"):
+        from . import data_browser
+
+        return getattr(data_browser, name)
+    if name == "Stager":
+        from .stager import Stager
+
+        return Stager
     raise AttributeError(name)
 
 
-__all__ = ["DaskClusterWidget"]
+__all__ = ["DaskClusterWidget", "DataBrowser", "BrowserModel", "Stager"]
