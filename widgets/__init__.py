@@ -11,6 +11,10 @@ def __getattr__(name: str):
         from . import data_browser
 
         return getattr(data_browser, name)
+    if name in ("Viewer", "ViewerModel"):
+        from . import viewer
+
+        return getattr(viewer, name)
     if name == "Stager":
         from .stager import Stager
 
@@ -18,4 +22,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DaskClusterWidget", "DataBrowser", "BrowserModel", "Stager"]
+__all__ = ["DaskClusterWidget", "DataBrowser", "BrowserModel", "Stager", "Viewer", "ViewerModel"]

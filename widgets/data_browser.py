@@ -197,10 +197,21 @@ def thumbnail_rgb(catalog: Catalog, url: str, max_size: int = THUMBNAIL_MAX):
         data = np.moveaxis(data, kept.index("c"), 0)
     while data.ndim > 3:  # axes of unknown names: first element
         data = data[..., 0]
+    return composite_rgb(data, description.channels)
+
+
+def composite_rgb(data, channels, active=None):
+    """An (h, w, 3) uint8 image of (c, h, w) planes: each channel in its ``omero`` colour,
+    scaled by its display window (else its 0.5-99.5 percentiles); one channel in grey.
+    ``active``: the channel indices to show (default all)."""
+    import numpy as np
+
     rgb = np.zeros(data.shape[1:] + (3,), dtype=np.float64)
     single = data.shape[0] == 1
     for i, plane in enumerate(data):
-        channel = description.channels[i] if i < len(description.channels) else None
+        if active is not None and i not in active:
+            continue
+        channel = channels[i] if i < len(channels) else None
         window = (channel.window or {}) if channel else {}
         low, high = window.get("start"), window.get("end")
         if low is None or high is None or high <= low:
