@@ -132,3 +132,43 @@ def test_lab_warns_before_the_walltime_ends(browser, devstack, slurm):
         logged_in(hub.url, "bob").stop()
         hub.stop()
     assert jobs_of(slurm, "bob") == []
+
+
+def test_launcher_card_opens_the_example_that_browses_and_views_data(browser, hub, slurm):
+    """From the launcher to a running example: the data browser and an image in view."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    steps = Steps(page, "example-notebook")
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.get_by_text("Sign in with Authentik").click()
+        page.fill("#username", "bob")
+        page.fill("#password", "bob-demo")
+        page.click("#login-submit")
+        expect(page.locator("#profile-cpu")).to_be_visible()
+        page.locator("form input[type=submit], form button[type=submit]").first.click()
+        expect(page.locator(".jp-LabShell")).to_be_visible(timeout=180_000)
+        # A fresh workspace (JupyterLab restores the last one, notebooks open included).
+        page.goto(f"{hub.url}/user/bob/lab?reset")
+        expect(page.locator(".jp-LabShell")).to_be_visible(timeout=60_000)
+        card = page.locator(".jp-LauncherCard", has_text="BioImage Gateway: getting started")
+        expect(card).to_be_visible(timeout=30_000)
+        steps.shot("launcher-card")
+        card.click()
+        expect(page.get_by_role("tab", name=re.compile("getting-started.ipynb"))).to_be_visible(
+            timeout=60_000)
+        expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+        # The data browser lists bob's iRODS home; the viewer shows his image.
+        expect(page.get_by_text("timelapse").first).to_be_visible(timeout=120_000)
+        steps.shot("data-browser")
+        status = page.get_by_text(re.compile(r"^level \d, region y"))
+        expect(status).to_be_visible(timeout=120_000)
+        status.scroll_into_view_if_needed()
+        steps.shot("viewer")
+    finally:
+        steps.shot("last-state")  # what the page showed at the end, pass or fail
+        context.close()
+        logged_in(hub.url, "bob").stop()
+    assert jobs_of(slurm, "bob") == []

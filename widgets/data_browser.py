@@ -599,7 +599,8 @@ class DataBrowser(w.VBox):
         self.clear_button = w.Button(description="Clear search")
         self.count = w.HTML()
         self.details = w.HTML()
-        self.thumbnail = w.Image(format="png", layout=w.Layout(max_width="256px"))
+        # Hidden while there is no thumbnail: an empty image shows as a broken icon.
+        self.thumbnail = w.Image(format="png", layout=w.Layout(max_width="256px", display="none"))
         self.snippet = w.Text(description="Python", layout=w.Layout(width="100%"))
         self.snippet_list = w.HTML()
         self.error = w.HTML()
@@ -680,6 +681,7 @@ class DataBrowser(w.VBox):
         self.error.value = f"<span style='color:#b00'>{_esc(m.error)}</span>" if m.error else ""
         self.details.value = ""
         self.thumbnail.value = b""
+        self.thumbnail.layout.display = "none"
         self.stage_button.disabled = True
         self.stage_area.children = []
         self.snippet_list.value = self._snippets_html()
@@ -723,6 +725,7 @@ class DataBrowser(w.VBox):
             png = None
             self.error.value = f"<span style='color:#b00'>thumbnail: {_esc(exc)}</span>"
         self.thumbnail.value = png or b""
+        self.thumbnail.layout.display = "" if png else "none"
         self.stage_button.disabled = m.selected is None or m.selected.kind != "image"
         self.stage_area.children = []
         self.snippet.value = m.snippet

@@ -56,16 +56,49 @@
     }
   };
 
+  var EXAMPLE = "bioimage-gateway/getting-started.ipynb";  // copied by extensions/examples.py
+  var OPEN_EXAMPLE = NAME + ":open-getting-started";
+
+  function launcherPlugin(ILauncher) {
+    return {
+      id: NAME + ":launcher",
+      description: "A launcher card that opens the getting-started notebook.",
+      autoStart: true,
+      requires: [ILauncher],
+      activate: function (app, launcher) {
+        app.commands.addCommand(OPEN_EXAMPLE, {
+          label: "BioImage Gateway: getting started",
+          caption: "Browse, stage and view your iRODS and OMERO data; start Dask",
+          execute: function () { return app.commands.execute("docmanager:open", { path: EXAMPLE }); }
+        });
+        launcher.add({ command: OPEN_EXAMPLE, category: "Notebook", rank: 0 });
+      }
+    };
+  }
+
+  // JupyterLab hands its shared modules over in init(); the launcher's token must be
+  // the very object JupyterLab's own launcher plugin provides, so it comes from there.
+  var shareScope = null;
+  function loadShared(name) {
+    var versions = shareScope && shareScope[name];
+    if (!versions) { return Promise.reject(new Error("no shared module " + name)); }
+    var version = Object.keys(versions).sort().pop();
+    return Promise.resolve(versions[version].get()).then(function (factory) { return factory(); });
+  }
+
   var _JUPYTERLAB = (window._JUPYTERLAB = window._JUPYTERLAB || {});
   _JUPYTERLAB[NAME] = {
-    init: function () { return Promise.resolve(); },
+    init: function (scope) { shareScope = scope; return Promise.resolve(); },
     get: function (module) {
       if (module !== "./extension") {
         return Promise.reject(new Error(NAME + " has no module " + module));
       }
-      return Promise.resolve(function () {
-        return { __esModule: true, default: [walltimePlugin] };
-      });
+      return loadShared("@jupyterlab/launcher")
+        .then(function (launcherModule) { return [walltimePlugin, launcherPlugin(launcherModule.ILauncher)]; })
+        .catch(function () { return [walltimePlugin]; })
+        .then(function (plugins) {
+          return function () { return { __esModule: true, default: plugins }; };
+        });
     }
   };
 })();
