@@ -255,7 +255,9 @@ def _start_background(url, selection, entry, key, in_cache, cache_dir, quota, cr
            "cache_dir": str(cache_dir) if cache_dir else None, "quota": quota,
            "credentials": credentials, "options": settings}
     _write_json(entry / JOB, job, mode=0o600)
-    if not (entry / STATUS).exists() or (_read_json(entry / STATUS) or {}).get("state") != "running":
+    previous = _read_json(entry / STATUS) if (entry / STATUS).exists() else None
+    # A "running" record of a process that died (killed, node rebooted) is stale: queued again.
+    if not previous or previous.get("state") != "running" or not _pid_alive(previous.get("pid")):
         _write_json(entry / STATUS, {"state": "queued", "url": url, "key": key, "path": str(entry / name),
                                      "updated": time.time()})
     log = open(entry / LOG, "ab")
@@ -266,6 +268,16 @@ def _start_background(url, selection, entry, key, in_cache, cache_dir, quota, cr
     finally:
         log.close()
     return entry / name
+
+
+def _pid_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _entry_name(entry: Path, url: str) -> str:
@@ -279,6 +291,10 @@ def _entry_name(entry: Path, url: str) -> str:
 def run_job(job_file: str | os.PathLike) -> Path:
     """Run a background job (``python -m bioimage_gateway.staging run <job.json>``)."""
     job = json.loads(Path(job_file).read_text())
+    try:
+        Path(job_file).unlink()  # it may hold a password: gone before anything can report completion
+    except FileNotFoundError:
+        pass
     selection = job["selection"]
     url = job["url"]
     key = cache_key(url, selection)
@@ -482,7 +498,10 @@ def _remove_partials(data: Path) -> None:
         for p in data.parent.glob(data.name + ".part-*"):
             p.unlink(missing_ok=True)
         return
-    for folder, _, files in os.walk(data):
+    for folder, dirs, files in os.walk(data):
+        for name in [d for d in dirs if ".part-" in d]:  # a folder being filled whole (transfer)
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            dirs.remove(name)
         for name in files:
             if ".part-" in name:
                 try:
@@ -543,14 +562,7 @@ def _entry_status(entry: Path) -> dict:
         out["objects_done"] = out["objects_total"] = manifest["objects"]
         out["eta_s"] = 0
     elif out.get("state") in ("running", "queued") and not _is_locked(entry):
-        pid = doc.get("pid")
-        alive = False
-        if pid:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except OSError:
-                pass
+        alive = _pid_alive(doc.get("pid"))
         if not (out.get("state") == "queued" and (alive or time.time() - doc.get("updated", 0) < 30)):
             out["state"] = "interrupted"  # its process is gone: staging again resumes
     out.setdefault("state", "incomplete")

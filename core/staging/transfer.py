@@ -14,6 +14,26 @@
 * The bytes go to ``<final>.part-<pid>`` and are renamed to the final name only once verified;
   then a line is appended to the journal (``Journal``), which a resumed stage reads to skip what
   is there already.
+
+Fast paths for many small objects (measured on 10 000 chunks of ~450 bytes; what cost was the
+journal's fsync blocking every worker, a rename and a lock per object, one requests call per
+object, and GIL contention among 16 threads copying local files):
+
+* Small objects go to a worker in groups: a whole leaf folder that does not exist yet, or
+  ``BATCH`` objects. A new leaf folder is filled under ``<folder>.part-<pid>`` and renamed into
+  place once every object in it is verified (one rename per folder); if any object in it fails,
+  the verified ones are renamed into place one by one and kept. A killed run leaves only
+  ``.part-`` files and folders, which the next run removes. Journal lines of a group are written
+  together after its rename (a kill in between only means those objects are fetched again).
+* HTTP: a group is fetched by pipelined GETs on one keep-alive connection per worker
+  (``_Pipeline``); each body is hashed and checked (size, and the server's digest when it
+  states one) exactly as on the ordinary path, which takes over anything the pipeline could
+  not bring (errors, retries).
+* POSIX: one pass, read + hash + write, with at most ``POSIX_THREADS`` threads. There is no
+  checksum stored at the source, so "verified" means: the bytes written are the bytes read
+  (every ``write`` complete, size equal to the listing's), the file did not change while it was
+  read (``fstat`` size and mtime before and after), and the journal records the SHA-256 of those
+  bytes. Hashing the source a second time, as before, only compared the page cache with itself.
 """
 
 from __future__ import annotations
@@ -36,6 +56,11 @@ from ..catalogs.base import CatalogError, CatalogUnavailable
 from .plan import Item
 
 BLOCK = 1 << 20
+BATCH = 64  # small objects handed to one worker at once (and pipelined over HTTP)
+SMALL = 1 << 20  # "small": read in one piece
+POSIX_THREADS = 2  # local copies: measured fastest with 1-2 threads (10 000 small files, 2 cores)
+WHOLE_FOLDER = 4096  # at most this many objects in a folder filled whole and renamed into place
+_SELF_VERIFIED = object()  # POSIX: the checksum is that of the bytes read (see Source._posix)
 
 
 def sha2(digest: bytes) -> str:
@@ -83,24 +108,35 @@ class Journal:
             pass
         return out
 
+    @staticmethod
+    def line(key: str, size: int, checksum: str) -> bytes:
+        # what json.dumps({"key": key, "size": size, "sha2": checksum}) gives, with less work
+        return f'{{"key": {json.dumps(key)}, "size": {int(size)}, "sha2": {json.dumps(checksum)}}}\n'.encode()
+
     def record(self, key: str, size: int, checksum: str) -> None:
-        line = (json.dumps({"key": key, "size": size, "sha2": checksum}) + "\n").encode()
-        with self.lock:
-            os.write(self.fd, line)
-            if self.fsync == "each":
-                os.fsync(self.fd)
-            else:
-                self.dirty = True
+        self.write(self.line(key, size, checksum))
+
+    def write(self, lines: bytes) -> None:
+        """Append whole lines in one ``write`` (``O_APPEND``: atomic with respect to the other
+        writers, so no lock is held while the kernel may be busy committing its own journal)."""
+        view = memoryview(lines)
+        while view:
+            view = view[os.write(self.fd, view):]
+        if self.fsync == "each":
+            os.fsync(self.fd)
+        else:
+            self.dirty = True  # set after the write: the next _sync covers it
 
     def _sync_loop(self):
         while not self.closed.wait(self.interval):
             self._sync()
 
     def _sync(self):
+        # fsync outside the lock: writers (workers appending lines) must not wait for the disk.
         with self.lock:
-            if self.dirty:
-                os.fsync(self.fd)
-                self.dirty = False
+            dirty, self.dirty = self.dirty, False
+        if dirty:
+            os.fsync(self.fd)
 
     def close(self):
         self.closed.set()
@@ -241,6 +277,12 @@ class Source:
         return n, sha2(h.digest()), item.checksum or digest_sha2(response.headers)
 
     def _posix(self, item: Item, fd: int):
+        """One pass: each block read is hashed and written. The source has no stored checksum to
+        compare with, and hashing it a second time would only compare the page cache with
+        itself; what is checked instead is that the file did not change while it was read (size
+        and modification time from ``fstat`` before and after, and the size the listing gave),
+        and that every byte read was written (``_write_all``; the size is checked by the caller).
+        The SHA-256 of the bytes read is the one recorded in the journal."""
         h = hashlib.sha256()
         n = 0
         try:
@@ -248,16 +290,21 @@ class Source:
         except OSError as exc:
             raise self.catalog._error(exc, item.url) from None
         try:
-            while True:
-                data = os.read(src, BLOCK)
+            before = os.fstat(src)
+            while n < before.st_size:  # growth while reading shows in the second fstat
+                data = os.read(src, min(before.st_size - n, BLOCK))
                 if not data:
                     break
                 h.update(data)
                 _write_all(fd, data)
                 n += len(data)
+            after = os.fstat(src)
         finally:
             os.close(src)
-        return n, sha2(h.digest()), item.checksum
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or n != after.st_size:
+            raise Mismatch(f"{item.url} changed while it was copied ({before.st_size} bytes before, "
+                           f"{n} read, {after.st_size} after)")
+        return n, sha2(h.digest()), item.checksum or _SELF_VERIFIED
 
     def _generic(self, item: Item, fd: int):
         h = hashlib.sha256()
@@ -359,33 +406,229 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+# --- HTTP: pipelined GETs on one keep-alive connection per worker ------------------------------
+
+class _Pipeline:
+    """A batch of small GETs sent at once on one HTTP/1.1 keep-alive connection (pipelining) and
+    the responses read in order: one round trip per batch instead of one per object, and none of
+    requests' per-request work. Only plain ``http://`` without proxies or session auth takes this
+    path; any response that is not a plain 200 with a ``Content-Length`` (or the connection
+    closing, or any error) leaves the rest of the batch to the ordinary path (requests, with its
+    error handling and retries)."""
+
+    def __init__(self, catalog, netloc: str):
+        self.catalog = catalog
+        self.host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "80")
+        self.port = int(port or 80)
+        self.netloc = netloc
+        self.sock = None
+        self.reader = None
+        extra = {k: v for k, v in catalog.session.headers.items()
+                 if k.lower() not in ("accept-encoding", "connection", "host")}
+        extra["Accept-Encoding"] = "identity"
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = self.reader = None
+
+    def _connect(self):
+        import socket
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.catalog.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb", buffering=1 << 16)
+
+    def get_many(self, paths: list[str]) -> list:
+        """(headers, body) per path, None where it must go the ordinary way."""
+        out: list = [None] * len(paths)
+        i = 0
+        for _ in range(3):  # a connection the server closed (keepalive_requests) is opened again
+            if i >= len(paths):
+                break
+            fresh = self.sock is None
+            try:
+                if fresh:
+                    self._connect()
+                request = "".join(f"GET {p} HTTP/1.1\r\nHost: {self.netloc}\r\n{self.extra}\r\n"
+                                  for p in paths[i:])
+                self.sock.sendall(request.encode("latin-1"))
+                progressed = False
+                while i < len(paths):
+                    got = self._response()
+                    if got is None:
+                        break
+                    ok, headers, body, closing = got
+                    if ok:
+                        out[i] = (headers, body)
+                    i += 1
+                    progressed = True
+                    if closing:
+                        break
+                if i < len(paths):
+                    self.close()
+                if not progressed and fresh:
+                    break
+            except ValueError:  # not a response this parser follows: the ordinary path
+                self.close()
+                break
+            except OSError:  # a kept-alive connection the server dropped: once more, afresh
+                self.close()
+                if fresh:
+                    break
+        return out
+
+    def _response(self):
+        status = self.reader.readline(65537)
+        if not status:
+            return None
+        parts = status.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ValueError("not an HTTP response")
+        code = int(parts[1])
+        headers = {}
+        while True:
+            line = self.reader.readline(65537)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise ValueError("the connection closed in the headers")
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = headers.get("content-length")
+        if length is None or not length.isdigit() or "transfer-encoding" in headers:
+            raise ValueError("no Content-Length")  # cannot find the next response: give up
+        body = self.reader.read(int(length))
+        if len(body) != int(length):
+            raise ValueError("short body")
+        closing = headers.get("connection", "").lower() == "close" or parts[0] == b"HTTP/1.0"
+        return code == 200, headers, body, closing
+
+
+def _http_pipelinable(catalog, items: list[Item]):
+    """The connection's ``host:port`` when ``items`` can be pipelined, else None."""
+    from urllib.parse import urlsplit
+    if catalog.session.auth is not None or not items:
+        return None
+    netloc = None
+    for item in items:
+        if item.size is None or item.size > SMALL or not item.url.startswith("http://"):
+            return None
+        parts = urlsplit(item.url)
+        if netloc is None:
+            netloc = parts.netloc
+        elif parts.netloc != netloc:
+            return None
+    if "@" in netloc:
+        return None
+    try:
+        import requests.utils
+        if catalog.session.trust_env and requests.utils.get_environ_proxies(items[0].url):
+            return None
+    except Exception:
+        return None
+    return netloc
+
+
+class _Prefetched:
+    """What a pipelined GET brought: written, hashed and checked as ``Source._http`` would."""
+
+    def __init__(self, headers: dict, body: bytes):
+        self.headers, self.body = headers, body
+
+    def write(self, item: Item, fd: int):
+        from requests.structures import CaseInsensitiveDict
+
+        from ..catalogs.http import digest_sha2
+        _write_all(fd, self.body)
+        return (len(self.body), sha2(hashlib.sha256(self.body).digest()),
+                item.checksum or digest_sha2(CaseInsensitiveDict(self.headers)))
+
+
 # --- the transfer ------------------------------------------------------------------------------
+
+def _batches(items: list[Item]) -> list[list[Item]]:
+    """Small objects in groups of ``BATCH`` (same folder first: neighbours in the listing), each
+    large one alone."""
+    out, small = [], []
+    for item in items:
+        if item.size is not None and item.size <= SMALL:
+            small.append(item)
+            if len(small) == BATCH:
+                out.append(small)
+                small = []
+        else:
+            out.append([item])
+    if small:
+        out.append(small)
+    return out
+
 
 def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal, progress: Progress, *,
              threads: int = 16, retries: int = 4, backoff: float = 0.2,
              on_verified: Callable[[Item], None] | None = None) -> dict[str, str]:
-    """Fetch ``items`` into ``root`` (keys relative to it); returns failures (URL -> reason)."""
+    """Fetch ``items`` into ``root`` (keys relative to it); returns failures (URL -> reason).
+
+    Small objects go to the workers in batches (fewer hand-offs between threads); over HTTP a
+    batch is fetched with pipelined GETs on the worker's own connection (``_Pipeline``), then
+    each object is written, verified and renamed one by one exactly as on the ordinary path,
+    which also takes over any object the pipeline could not bring, and every retry."""
+    items = list(items)
+    if source.kind == "PosixCatalog":  # bound by system calls and the GIL: more threads only contend
+        threads = min(threads, POSIX_THREADS)
     failures: dict[str, str] = {}
-    made: set[str] = set()
-    made_lock = threading.Lock()
     stop = threading.Event()
     fatal: list[BaseException] = []
     pid = os.getpid()
+    local = threading.local()
+    pipelines: list[_Pipeline] = []
+    pipelines_lock = threading.Lock()
 
-    def ensure_dir(path: Path):
-        parent = str(path.parent)
-        if parent in made:
-            return
-        with made_lock:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
+    # Leaf folders that do not exist yet and hold only small objects are filled under a temporary
+    # name (``<folder>.part-<pid>``) and renamed into place once every object in them is verified:
+    # one rename per folder instead of one per object, and nothing under a final path before it
+    # is verified. Every other object goes through ``<final>.part-<pid>`` and its own rename.
+    root_text = str(root)
+    by_folder: dict[str, list[Item]] = {}
+    for item in items:
+        by_folder.setdefault(os.path.dirname(item.key), []).append(item)
+    ancestors: set[str] = set()
+    for folder in by_folder:
+        while folder:
+            folder = os.path.dirname(folder)
+            ancestors.add(folder)
+    whole: dict[str, list[Item]] = {}
+    singles: list[Item] = []
+    for folder, its in by_folder.items():
+        if (folder and folder not in ancestors and len(its) <= WHOLE_FOLDER
+                and all(i.size is not None and i.size <= SMALL for i in its)
+                and not os.path.lexists(os.path.join(root_text, folder))):
+            whole[folder] = its
+        else:
+            singles.extend(its)
+    # Every folder once, here, before the workers start (no lock, no repeated makedirs).
+    made = set()
+    for folder in sorted(set(os.path.dirname(i.key) for i in singles) | {os.path.dirname(f) for f in whole}):
+        path = os.path.join(root_text, folder) if folder else root_text
+        if path not in made:
+            os.makedirs(path, exist_ok=True)
+            made.add(path)
 
-    def one(item: Item):
+    def one(item: Item, prefetched: _Prefetched | None = None, lines: list | None = None,
+            direct: str | None = None):
+        """Fetch, verify and put one object in place; ``direct``: the path to write in a folder
+        that is renamed into place later (no rename of its own). Verified: ``(item, line)``
+        appended to ``lines`` (or the line recorded at once when ``lines`` is None)."""
         if stop.is_set():
             return
-        final = root / item.key
-        tmp = final.with_name(final.name + f".part-{pid}")
-        ensure_dir(final)
+        if direct is not None:
+            final = tmp = direct
+        else:
+            final = os.path.join(root_text, item.key)
+            tmp = final + f".part-{pid}"
         last = "not attempted"
         for attempt in range(1, retries + 1):
             if stop.is_set():
@@ -393,22 +636,32 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
-                    with progress.lock:
-                        progress.fetched += 1
-                    n, got, expected = source.fetch(item, fd)
+                    if prefetched is not None:
+                        n, got, expected = prefetched.write(item, fd)
+                        prefetched = None  # a retry fetches again
+                    else:
+                        with progress.lock:
+                            progress.fetched += 1
+                        n, got, expected = source.fetch(item, fd)
                 finally:
                     os.close(fd)
                 if got is None:  # written in ranges: hash the file
-                    got = _file_sha2(str(tmp))
+                    got = _file_sha2(tmp)
                 if item.size is not None and n != item.size:
                     raise Mismatch(f"{item.url}: {n} bytes arrived, the source lists {item.size}")
-                if expected is None and source.kind != "HttpCatalog":  # HTTP without a digest: the size
+                if expected is _SELF_VERIFIED:  # POSIX: one pass, checked in Source._posix
+                    expected = got
+                elif expected is None and source.kind != "HttpCatalog":  # HTTP without a digest: the size
                     expected = source.source_checksum(item)
                 if expected is not None and expected != got:
                     raise Mismatch(f"checksum mismatch for {item.url}: the source records {expected}, "
                                    f"the bytes received hash to {got}")
-                os.replace(tmp, final)
-                journal.record(item.key, n, got)
+                if tmp != final:
+                    os.replace(tmp, final)
+                if lines is None:
+                    journal.record(item.key, n, got)
+                else:  # written for the whole batch at once (a kill before: fetched again)
+                    lines.append((item, Journal.line(item.key, n, got)))
                 with progress.lock:
                     progress.objects_done += 1
                     progress.bytes_done += n
@@ -444,9 +697,110 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 time.sleep(backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
         failures[item.url] = f"{last} (after {attempt} attempt{'s' if attempt > 1 else ''})"
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage") as pool:
-        for future in [pool.submit(one, item) for item in items]:
-            future.result()
+    def prefetch(group: list[Item]) -> list:
+        """HTTP: the group's bodies by pipelined GETs (None where the ordinary path must go)."""
+        fetched: list = [None] * len(group)
+        if source.kind != "HttpCatalog" or len(group) < 2:
+            return fetched
+        netloc = _http_pipelinable(source.catalog, group)
+        if netloc is None:
+            return fetched
+        pipe = getattr(local, "pipe", None)
+        if pipe is None or pipe.netloc != netloc:
+            if pipe is not None:
+                pipe.close()
+            pipe = local.pipe = _Pipeline(source.catalog, netloc)
+            with pipelines_lock:
+                pipelines.append(pipe)
+        from urllib.parse import urlsplit
+        paths = []
+        for item in group:
+            parts = urlsplit(item.url)
+            paths.append((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        fetched = []
+        for start in range(0, len(paths), BATCH):  # bounded: neither side blocks on full buffers
+            fetched.extend(pipe.get_many(paths[start:start + BATCH]))
+        with progress.lock:
+            progress.fetched += sum(1 for f in fetched if f is not None)
+        return fetched
+
+    def batch(group: list[Item]):
+        if stop.is_set():
+            return
+        started = time.monotonic()
+        fetched = prefetch(group)
+        lines: list = []
+        try:
+            for item, got in zip(group, fetched):
+                one(item, None if got is None else _Prefetched(*got), lines)
+                if lines and time.monotonic() - started > 0.25:  # a slow batch: record as it goes
+                    journal.write(b"".join(line for _, line in lines))
+                    lines.clear()
+                    started = time.monotonic()
+        finally:
+            if lines:
+                journal.write(b"".join(line for _, line in lines))
+
+    def folder_whole(folder: str, group: list[Item]):
+        if stop.is_set():
+            return
+        final_dir = os.path.join(root_text, folder)
+        part_dir = final_dir + f".part-{pid}"
+        try:
+            if os.path.lexists(part_dir):
+                import shutil
+                shutil.rmtree(part_dir)
+            os.mkdir(part_dir)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
+                stop.set()
+                return
+            os.makedirs(final_dir, exist_ok=True)  # the ordinary way, one object at a time
+            return batch(group)
+        done: list = []
+        try:
+            fetched = prefetch(group)
+            for item, got in zip(group, fetched):
+                one(item, None if got is None else _Prefetched(*got), done,
+                    direct=os.path.join(part_dir, os.path.basename(item.key)))
+            if stop.is_set():
+                done = []
+                return
+            if len(done) == len(group):
+                os.rename(part_dir, final_dir)  # every object in it verified
+                part_dir = None
+            else:  # some failed: the verified ones go into place one by one, and are kept
+                os.makedirs(final_dir, exist_ok=True)
+                for item, _ in done:
+                    os.rename(os.path.join(part_dir, os.path.basename(item.key)),
+                              os.path.join(root_text, item.key))
+        except OSError as exc:
+            for item in group:
+                failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
+            with progress.lock:
+                progress.objects_done -= len(done)
+                progress.bytes_done -= sum(i.size or 0 for i, _ in done)
+            done = []
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
+                stop.set()
+        finally:
+            if part_dir is not None and os.path.lexists(part_dir):
+                import shutil
+                shutil.rmtree(part_dir, ignore_errors=True)
+            if done:
+                journal.write(b"".join(line for _, line in done))
+
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage") as pool:
+            futures = [pool.submit(folder_whole, folder, group) for folder, group in whole.items()]
+            futures += [pool.submit(batch, group) for group in _batches(singles)]
+            for future in futures:
+                future.result()
+    finally:
+        for pipe in pipelines:
+            pipe.close()
     if fatal:
         raise fatal[0]
     return failures
