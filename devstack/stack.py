@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .data_services import start_data_services, stop_data_services
+from .data_services import start_data_services, stop_data_services, write_irods_client_config
 from .idp import LocalIdentityProvider, demo_users
 from .processes import alive, free_port, run
 from .slurm import LocalSlurm
@@ -323,6 +323,15 @@ class Devstack:
         rec = self.record()
         rec["pids"] = {**rec["pids"], "slurmctld": slurm.pids["slurmctld"]}
         self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
+
+    def write_client_files(self) -> None:
+        """(Re)write the demo users' ~/.irods files for this stack's iRODS stand-in.
+
+        Homes are shared by every stack on the machine; the last `devstack up`
+        wins, so a test that ran another stack puts this one's back."""
+        irods = self.record()["data_services"]["irods"]
+        for user in DEMO_USERS:
+            write_irods_client_config(user, irods["host"], irods["port"])
 
     def idp(self) -> LocalIdentityProvider:
         """A handle on the running identity provider (to change its users in tests)."""

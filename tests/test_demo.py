@@ -18,7 +18,15 @@ from bioimage_gateway.devstack.processes import alive, free_port, run
 CLI = str(Path(sys.executable).parent / "bioimage-gateway")
 
 
-def test_demo_serves_a_session_and_leaves_nothing_behind_on_sigterm():
+def test_demo_serves_a_session_and_leaves_nothing_behind_on_sigterm(devstack):
+    """(``devstack``: the tests' own stack, whose users' ~/.irods the demo's stack rewrites.)"""
+    try:
+        run_demo_and_stop()
+    finally:
+        devstack.write_client_files()
+
+
+def run_demo_and_stop():
     state_dir = Path(tempfile.mkdtemp(prefix="gw-demo-", dir="/tmp"))
     port = free_port()
     demo = subprocess.Popen(
