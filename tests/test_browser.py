@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from support import jobs_of, logged_in, start_hub
+from support import PASSWORDS, jobs_of, logged_in, start_hub
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).parents[1] / "artifacts")) / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -29,6 +29,15 @@ def browser():
         )
         yield chromium
         chromium.close()
+
+
+def sign_in_at_idp(page, hub, username: str) -> None:
+    """From the hub's login page through the identity provider's form, as a user would."""
+    page.goto(f"{hub.url}/hub/login")
+    page.get_by_text("Sign in with Authentik").click()
+    page.fill("#username", username)
+    page.fill("#password", PASSWORDS[username])
+    page.click("#login-submit")
 
 
 class Steps:
@@ -96,11 +105,7 @@ def test_user_in_no_allowed_group_sees_why_in_the_browser(browser, hub):
     page = context.new_page()
     steps = Steps(page, "not-authorised")
     try:
-        page.goto(f"{hub.url}/hub/login")
-        page.get_by_text("Sign in with Authentik").click()
-        page.fill("#username", "eve")
-        page.fill("#password", "eve-demo")
-        page.click("#login-submit")
+        sign_in_at_idp(page, hub, "eve")
         expect(page.get_by_role("heading")).to_contain_text("Not authorised")
         expect(page.get_by_text("not a member of any group that may use this gateway")).to_be_visible()
         expect(page.get_by_text("gateway-admins, imaging, trainers")).to_be_visible()
@@ -140,11 +145,7 @@ def test_launcher_card_opens_the_example_that_browses_and_views_data(browser, hu
     page = context.new_page()
     steps = Steps(page, "example-notebook")
     try:
-        page.goto(f"{hub.url}/hub/login")
-        page.get_by_text("Sign in with Authentik").click()
-        page.fill("#username", "bob")
-        page.fill("#password", "bob-demo")
-        page.click("#login-submit")
+        sign_in_at_idp(page, hub, "bob")
         expect(page.locator("#profile-cpu")).to_be_visible()
         page.locator("form input[type=submit], form button[type=submit]").first.click()
         expect(page.locator(".jp-LabShell")).to_be_visible(timeout=180_000)

@@ -108,15 +108,10 @@ def site():
 @pytest.fixture(scope="session")
 def nginx(site):
     """Debian's nginx serving ``site`` on loopback (JSON autoindex); stopped by PID at the end."""
-    from zarr_support import Nginx
+    from zarr_support import nginx_serving
 
-    server = Nginx(site).start()
-    try:
+    with nginx_serving(site) as server:
         yield server
-    finally:
-        pid = server.pid
-        server.stop()
-        assert not server.running, f"nginx pid {pid} still running"
 
 
 @pytest.fixture(scope="session")

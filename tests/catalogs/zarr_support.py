@@ -4,6 +4,7 @@ served by Debian's nginx on loopback (generated configuration, stopped by PID)."
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import random
@@ -60,6 +61,18 @@ def make_tree(root: Path) -> None:
         for f in files:
             os.chmod(Path(folder, f), 0o644)
     os.chmod(root / "locked" / "secret.bin", 0o600)  # nginx's workers (nobody) may not read it
+
+
+@contextlib.contextmanager
+def nginx_serving(root: Path):
+    """Nginx on ``root`` for the length of a block; stopped by PID, and checked gone."""
+    server = Nginx(root).start()
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        server.stop()
+        assert not server.running, f"nginx pid {pid} still running"
 
 
 class Nginx:
