@@ -10,6 +10,13 @@ APT_PACKAGES=(
   postgresql             # the hub's production database option, tested beside SQLite
   nginx-light            # a real web server for the HTTP catalog and staging tests
   rclone                 # the peer of the staging benchmark over HTTP
+  slurmdbd mariadb-server  # Slurm accounting: sacct, sacctmgr accounts and QoS
+  # The session's desktop for napari: a VNC server, a window manager, and the X/GL
+  # libraries Qt's xcb plugin loads (rendered in software by Mesa on CPU nodes).
+  tigervnc-standalone-server tigervnc-tools openbox dbus-x11 xterm fonts-dejavu-core
+  libgl1 libegl1 libgl1-mesa-dri libfontconfig1 libdbus-1-3 libxkbcommon-x11-0
+  libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
+  libxcb-xinerama0 libxcb-xkb1 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0
 )
 
 missing=()
@@ -28,7 +35,7 @@ fi
 
 # Debian starts munge and Slurm as services on install; the local stack runs its
 # own on other ports and sockets, so the packaged ones are not needed.
-for svc in slurmctld slurmd munge postgresql nginx; do
+for svc in slurmctld slurmd slurmdbd munge postgresql nginx mariadb; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
