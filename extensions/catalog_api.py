@@ -6,7 +6,14 @@
   ``offset + limit + 1`` entries, never the whole collection.
 * ``GET {base_url}bioimage-gateway/catalog/metadata?url=URL``: ``{"url", "entry",
   "metadata": {key: [[value, units]]}, "rembi": {...}}``.
+* ``GET {base_url}bioimage-gateway/catalog/search?url=URL&where=KEY=VALUE[&where=...]``: the
+  entries below ``URL`` whose metadata match every condition (``%`` is a wildcard), paged like
+  the listing.
 * ``GET {base_url}bioimage-gateway/staging``: ``{"jobs": [staging.status() of every entry]}``.
+* ``POST {base_url}bioimage-gateway/staging`` with ``{"url", "levels", "channels", "timepoints",
+  "bbox"}`` (all but ``url`` optional): starts a background stage into the user's cache and
+  answers 202 with its status (``path``, ``key``, ``state``); the selection is checked here, its
+  fit with the image by the transfer (a mismatch ends as ``state: failed`` with the reason).
 
 Every handler is ``@web.authenticated``: under JupyterHub only the session's owner (the
 single user the server's OAuth admits) gets in.  Catalog errors map to HTTP statuses
@@ -139,6 +146,34 @@ class MetadataHandler(CatalogHandlerBase):
                      "rembi": rembi})
 
 
+class SearchHandler(CatalogHandlerBase):
+    @web.authenticated
+    async def get(self):
+        url = self.get_argument("url")
+        query = dict(condition(text) for text in self.get_arguments("where"))
+        if not query:
+            raise web.HTTPError(400, "search needs at least one where=KEY=VALUE condition")
+        offset = self._int("offset", 0, 0, 10**9)
+        limit = self._int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        catalogs: Catalogs = self.settings["bioimage_gateway_catalogs"]
+
+        def page():
+            found = catalogs.for_url(url).search(query, under=url)
+            got = list(itertools.islice(found, offset, offset + limit + 1))
+            return got[:limit], len(got) > limit
+
+        entries, more = await self._call(page)
+        self.finish({"url": url, "where": query, "offset": offset, "limit": limit,
+                     "entries": [entry_json(e) for e in entries], "more": more})
+
+
+def condition(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise web.HTTPError(400, f"a condition is KEY=VALUE, not {text!r}")
+    return key.strip(), value
+
+
 class StagingHandler(APIHandler):
     @web.authenticated
     async def get(self):
@@ -146,6 +181,76 @@ class StagingHandler(APIHandler):
         cache_dir = self.settings.get("bioimage_gateway_staging_cache")
         jobs = await asyncio.to_thread(status, None, cache_dir=cache_dir)
         self.finish({"jobs": jobs})
+
+    @web.authenticated
+    async def post(self):
+        from bioimage_gateway.staging import StagingError, stage, status
+        request = staging_request(self.get_json_body())
+        cache_dir = self.settings.get("bioimage_gateway_staging_cache")
+
+        def start():
+            path = stage(request.pop("url"), **request, background=True, cache_dir=cache_dir)
+            return status(path, cache_dir=cache_dir)
+
+        try:
+            doc = await asyncio.to_thread(start)
+        except (StagingError, CatalogError, ValueError) as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        self.set_status(202)
+        self.finish(doc)
+
+
+STAGING_KEYS = {"url", "levels", "channels", "timepoints", "bbox"}
+
+
+def staging_request(body) -> dict:
+    """A stage request from JSON, every value checked for its type and range (the transfer
+    runs in a process of its own, so nothing unchecked may reach it)."""
+    def fail(message):
+        raise web.HTTPError(400, message)
+
+    def ints(name, values, low=0, high=10**9):
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values):
+            fail(f"{name} must be a non-empty list of integers from {low} to {high}")
+        return values
+
+    if not isinstance(body, dict):
+        fail("the body must be a JSON object")
+    unknown = set(body) - STAGING_KEYS
+    if unknown:
+        fail(f"unknown fields: {', '.join(sorted(map(str, unknown)))} (known: {', '.join(sorted(STAGING_KEYS))})")
+    url = body.get("url")
+    if not isinstance(url, str) or "://" not in url or len(url) > 4096 or any(ord(c) < 32 for c in url):
+        fail("url must be a catalog address such as irods://zone/home/user/image.ome.zarr")
+    out: dict = {"url": url}
+    if body.get("levels") is not None:
+        out["levels"] = ints("levels", body["levels"], 0, 64)
+    if body.get("channels") is not None:
+        channels = body["channels"]
+        if not isinstance(channels, list) or not channels or not all(
+                (isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 10**6)
+                or (isinstance(c, str) and 0 < len(c) <= 256) for c in channels):
+            fail("channels must be a non-empty list of channel indices or names")
+        out["channels"] = channels
+    timepoints = body.get("timepoints")
+    if isinstance(timepoints, dict):
+        start, stop = timepoints.get("start", 0), timepoints.get("stop")
+        if set(timepoints) - {"start", "stop"} or not isinstance(start, int) or start < 0 or not (
+                stop is None or (isinstance(stop, int) and stop > start)):
+            fail("timepoints must be {\"start\": N, \"stop\": M} with 0 <= N < M, or a list of indices")
+        out["timepoints"] = (start, stop)
+    elif timepoints is not None:
+        out["timepoints"] = ints("timepoints", timepoints)
+    bbox = body.get("bbox")
+    if bbox is not None:
+        if not isinstance(bbox, dict) or not bbox or not all(
+                k in ("t", "c", "z", "y", "x") and isinstance(v, list) and len(v) == 2
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and v[0] < v[1]
+                for k, v in bbox.items()):
+            fail("bbox must map axes (t, c, z, y, x) to [start, stop] with 0 <= start < stop")
+        out["bbox"] = bbox
+    return out
 
 
 def _jupyter_server_extension_points():
@@ -156,6 +261,7 @@ def handlers(base_url: str) -> list:
     prefix = url_path_join(base_url, "bioimage-gateway")
     return [(url_path_join(prefix, "catalog"), ListingHandler),
             (url_path_join(prefix, "catalog/metadata"), MetadataHandler),
+            (url_path_join(prefix, "catalog/search"), SearchHandler),
             (url_path_join(prefix, "staging"), StagingHandler)]
 
 

@@ -3,6 +3,7 @@ the way a session enables it (the JSON of images/session/jupyter_server_config.d
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,65 @@ def test_other_tokens_and_no_token_are_refused(server, data):
         reply = requests.get(server + "bioimage-gateway/" + path, params={"url": url}, timeout=30,
                              allow_redirects=False)
         assert reply.status_code in (302, 403)
+
+
+def test_search_by_metadata(server, data):
+    url = PosixCatalog.url(str(data))
+    found = get(server, "catalog/search", url=url, where="rembi:biosample.organism=Mus%")
+    assert found.status_code == 200, found.text
+    assert [e["name"] for e in found.json()["entries"]] == ["cells.ome.zarr"]
+    none = get(server, "catalog/search", url=url, where="rembi:biosample.organism=Danio rerio")
+    assert none.status_code == 200 and none.json()["entries"] == []
+    missing_condition = get(server, "catalog/search", url=url)
+    assert missing_condition.status_code == 400 and "where=KEY=VALUE" in missing_condition.json()["message"]
+    assert get(server, "catalog/search", url=url, where="no-equals-sign").status_code == 400
+
+
+def read_multiscales(image: Path) -> dict:
+    if (image / "zarr.json").exists():
+        return json.loads((image / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    return json.loads((image / ".zattrs").read_text())["multiscales"][0]
+
+
+def post_stage(server, body, token=TOKEN):
+    return requests.post(server + "bioimage-gateway/staging", json=body, headers=auth(token), timeout=30)
+
+
+def test_stage_through_the_api(server, data):
+    image = PosixCatalog.url(str(data / "cells.ome.zarr"))
+    hostile = [
+        ({"url": image, "levels": [1], "script": "rm -rf ~"}, "unknown fields: script"),
+        ({"url": "cells.ome.zarr"}, "url must be a catalog address"),
+        ({"url": image + "\n#SBATCH"}, "url must be a catalog address"),
+        ({"url": image, "levels": ["1; ls"]}, "levels must be"),
+        ({"url": image, "levels": [True]}, "levels must be"),
+        ({"url": image, "channels": [{"$ne": 1}]}, "channels must be"),
+        ({"url": image, "timepoints": {"start": 3, "stop": 1}}, "timepoints must be"),
+        ({"url": image, "bbox": {"x": [0, 10], "w": [0, 1]}}, "bbox must map"),
+        (["not", "an", "object"], "JSON object"),
+    ]
+    for body, message in hostile:
+        refused = post_stage(server, body)
+        assert refused.status_code == 400, (body, refused.status_code)
+        assert message in refused.json()["message"], (body, refused.text)
+    assert get(server, "staging").json() == {"jobs": []}  # nothing was started by a refused request
+    assert post_stage(server, {"url": image, "levels": [1]}, token="someone-elses-token").status_code == 403
+    assert get(server, "staging").json() == {"jobs": []}
+
+    started = post_stage(server, {"url": image, "levels": [1], "channels": ["nuclei"]})
+    assert started.status_code == 202, started.text
+    path = Path(started.json()["path"])
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = get(server, "staging").json()["jobs"]
+        assert len(jobs) == 1 and jobs[0]["path"] == str(path)
+        if jobs[0]["state"] == "complete":
+            break
+        assert jobs[0]["state"] in ("queued", "running"), jobs[0]
+        assert time.monotonic() < deadline, jobs[0]
+        time.sleep(0.2)
+    # the staged copy holds exactly level 1 of the image, as an OME-Zarr of one level
+    source = read_multiscales(data / "cells.ome.zarr")
+    assert [d["path"] for d in read_multiscales(path)["datasets"]] == [source["datasets"][1]["path"]]
+    again = post_stage(server, {"url": image, "levels": [1], "channels": ["nuclei"]})
+    assert again.status_code == 202 and again.json()["state"] == "complete"
