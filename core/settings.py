@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
@@ -285,6 +286,16 @@ class IdleCullerSettings(_Model):
     )
 
 
+class CatalogSettings(_Model):
+    """The data services sessions browse (iRODS needs nothing here: each user's own
+    ``~/.irods/irods_environment.json`` says where their zone is)."""
+
+    omero_url: AnyHttpUrl | None = Field(
+        default=None, description="OMERO.web of the site (http(s)://host[/prefix]); users sign in "
+        "with their OMERO account in the data browser.",
+    )
+
+
 class GatewaySettings(_Model):
     hub: HubSettings = HubSettings()
     auth: AuthSettings | None = Field(
@@ -298,6 +309,7 @@ class GatewaySettings(_Model):
     session: SessionSettings
     idle_culler: IdleCullerSettings = IdleCullerSettings()
     dask: DaskSettings = DaskSettings()
+    catalogs: CatalogSettings = CatalogSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> "GatewaySettings":

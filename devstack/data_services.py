@@ -93,8 +93,11 @@ def start_omero(state_dir: Path, users: list[dict]) -> OmeroStandin:
     omero = OmeroStandin(state_dir / "omero", users=omero_users).start()
     store = omero.store()
     try:
+        projects: dict[str, int] = {}  # one project per owner, a dataset per sample in it
         for owner, sample in (("alice", SAMPLES[0]), ("alice", SAMPLES[1]), ("bob", SAMPLES[2])):
-            project = store.add_project(f"{owner}'s demo project", owner)
+            if owner not in projects:
+                projects[owner] = store.add_project(f"{owner}'s demo project", owner)
+            project = projects[owner]
             dataset = store.add_dataset(sample.name, owner, project=project)
             t, c, z, y, x = sample.shape_tczyx
             store.add_image(

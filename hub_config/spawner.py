@@ -187,6 +187,8 @@ class GatewaySpawner(SlurmSpawner):
         # Group names are validated by the settings model and the IdP claim filter.
         groups = sorted(g for g in self._groups() if _SAFE_NAME.fullmatch(g))
         env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(groups)
+        if self.site.catalogs.omero_url:
+            env["BIOIMAGE_GATEWAY_OMERO_URL"] = str(self.site.catalogs.omero_url)
         env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = self.site.dask.limits_for(groups).model_dump_json()
         env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
         env["BIOIMAGE_GATEWAY_WALLTIME_WARNING_MINUTES"] = str(

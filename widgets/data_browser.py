@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import ipywidgets as w
 
@@ -51,11 +52,14 @@ class Root:
     its snippets give it (``var = <setup>`` is shown once, so snippets can use ``var``)."""
 
     label: str
-    catalog: Catalog
+    catalog: Catalog | None  # None until the user signs in (see ``sign_in``)
     url: str
     var: str = "catalog"
     setup: str = ""
     credentials: dict = field(default_factory=dict)  # for background stages (``stage(**credentials)``)
+    # A catalog that needs the user's own password (OMERO): ``sign_in(username, password)``
+    # returns the opened catalog; the password stays in memory, in this kernel only.
+    sign_in: Callable[[str, str], Catalog] | None = None
 
     def __post_init__(self):
         if not self.setup:
@@ -106,16 +110,34 @@ def default_roots() -> list[Root]:
     omero_url = os.environ.get("BIOIMAGE_GATEWAY_OMERO_URL")
     if omero_url:
         try:
-            from bioimage_gateway.catalogs.omero import OmeroCatalog
-            omero = OmeroCatalog(omero_url, os.environ.get("OMERO_USER"), os.environ.get("OMERO_PASSWORD"))
-            roots.append(Root("OMERO", omero, omero.url(), var="omero",
-                              setup=f"omero = OmeroCatalog({omero_url!r}, username, password)"))
-        except Exception:  # noqa: BLE001
+            roots.append(omero_root(omero_url, os.environ.get("OMERO_USER"), os.environ.get("OMERO_PASSWORD")))
+        except Exception:  # noqa: BLE001 - a broken OMERO must not hide the other catalogs
             pass
     scratch = scratch_dir()
     roots.append(Root("scratch", PosixCatalog(scratch), PosixCatalog.url(str(scratch)), var="scratch",
                       setup=f"scratch = PosixCatalog({str(scratch)!r})"))
     return roots
+
+
+def omero_root(web_url: str, username: str | None = None, password: str | None = None) -> Root:
+    """OMERO at ``web_url`` (OMERO.web): opened now when credentials are given, else listed
+    with a sign-in box (OMERO has its own accounts and sessions)."""
+    from bioimage_gateway.catalogs.omero import OmeroCatalog
+
+    def setup(user: str) -> str:
+        return ("from getpass import getpass; from bioimage_gateway.catalogs.omero import OmeroCatalog; "
+                f"omero = OmeroCatalog({web_url!r}, {user!r}, getpass())")
+
+    def sign_in(user: str, secret: str) -> Catalog:
+        catalog = OmeroCatalog(web_url, user, secret)
+        root.setup = setup(user)
+        return catalog
+
+    catalog = OmeroCatalog(web_url, username, password) if username and password else None
+    address = catalog.url() if catalog else f"omero://{urlsplit(web_url).netloc}/"
+    root = Root("OMERO", catalog, address, var="omero", setup=setup(username or os.environ.get("USER", "username")),
+                sign_in=sign_in)
+    return root
 
 
 # --- PNG ---------------------------------------------------------------------------------------
@@ -284,6 +306,7 @@ class BrowserModel:
         self.query: dict[str, str] | None = None
         self.snippet = ""
         self.error: str | None = None
+        self.signing_in: int | None = None  # the root waiting for the user's credentials
         self._iterator: Iterator[Entry] | None = None
         self.go_top()
 
@@ -307,6 +330,7 @@ class BrowserModel:
 
     def go_top(self) -> None:
         self.crumbs = [Crumb("Catalogs", None, None)]
+        self.signing_in = None
         self.query = None
         self.selected = None
         self.error = None
@@ -344,6 +368,10 @@ class BrowserModel:
     def _enter(self, root_index: int, url: str, label: str) -> None:
         root = self.roots[root_index]
         self.error = None
+        if root.catalog is None:
+            self.signing_in = root_index
+            self.error = f"{root.label} needs you to sign in with your {root.label} username and password"
+            return
         try:
             iterator = self._listing(root, url)
         except CatalogError as exc:
@@ -353,6 +381,24 @@ class BrowserModel:
         self.query = None
         self._start_listing(iterator)
         self.snippet = f"[e.name for e in {root.var}.list({url!r})]"
+
+    def sign_in(self, username: str, password: str) -> None:
+        """Open the catalog waiting for credentials and list it; a refusal leaves it closed."""
+        index = self.signing_in
+        if index is None:
+            return
+        root = self.roots[index]
+        if not username or not password:
+            self.error = "give both a username and a password"
+            return
+        try:
+            root.catalog = root.sign_in(username, password)
+        except (CatalogError, ValueError) as exc:
+            self.error = f"{root.label} sign-in failed: {exc}"
+            return
+        root.url = root.catalog.url()
+        self.signing_in = None
+        self._enter(index, root.url, root.label)
 
     def go_to(self, depth: int) -> None:
         """Back to breadcrumb ``depth`` (0: the list of catalogs)."""
@@ -607,6 +653,12 @@ class DataBrowser(w.VBox):
         self.stage_button = w.Button(description="Stage...", disabled=True,
                                      tooltip="Choose levels, channels and timepoints to put on scratch")
         self.stage_area = w.VBox([])
+        self.sign_in_user = w.Text(value=os.environ.get("USER", ""), description="Username")
+        self.sign_in_password = w.Password(description="Password")
+        self.sign_in_button = w.Button(description="Sign in")
+        self.sign_in_box = w.HBox([self.sign_in_user, self.sign_in_password, self.sign_in_button],
+                                  layout=w.Layout(display="none"))
+        self.sign_in_button.on_click(lambda _b: self.sign_in())
         self.stage_button.on_click(lambda _b: self.show_stager())
         self.open_button.on_click(lambda _b: self.open_selected())
         self.up_button.on_click(lambda _b: self._do(self.model.up))
@@ -621,7 +673,7 @@ class DataBrowser(w.VBox):
                             self.count], layout=w.Layout(width="45%")),
                     w.VBox([self.thumbnail, self.stage_button, self.details],
                            layout=w.Layout(width="55%"))]),
-            self.stage_area, self.snippet, self.snippet_list, self.error,
+            self.stage_area, self.snippet, self.snippet_list, self.error, self.sign_in_box,
         ])
         self._redraw()
 
@@ -630,6 +682,11 @@ class DataBrowser(w.VBox):
     def _do(self, action, *args) -> None:
         action(*args)
         self._redraw()
+
+    def sign_in(self) -> None:
+        """What "Sign in" does; the password field is cleared whatever the outcome."""
+        password, self.sign_in_password.value = self.sign_in_password.value, ""
+        self._do(self.model.sign_in, self.sign_in_user.value.strip(), password)
 
     def open_selected(self) -> None:
         if self.listing.value is None:
@@ -679,6 +736,7 @@ class DataBrowser(w.VBox):
         self.count.value = _esc(shown + (" (more to list)" if m.has_more else ""))
         self.snippet.value = m.snippet
         self.error.value = f"<span style='color:#b00'>{_esc(m.error)}</span>" if m.error else ""
+        self.sign_in_box.layout.display = "none" if m.signing_in is None else ""
         self.details.value = ""
         self.thumbnail.value = b""
         self.thumbnail.layout.display = "none"

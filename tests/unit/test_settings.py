@@ -101,3 +101,12 @@ def test_committed_json_schema_matches_the_model():
     import jsonschema
 
     jsonschema.validate(example(), json.loads(shipped.read_text()))
+
+
+def test_omero_url_must_be_a_web_address():
+    data = example()
+    data["catalogs"]["omero_url"] = "omero.example.org"
+    assert "catalogs.omero_url: " in refusal(data)
+    data["catalogs"]["omero_url"] = "ftp://omero.example.org/"
+    assert "catalogs.omero_url: " in refusal(data)
+    assert str(parse_settings(example()).catalogs.omero_url) == "https://omero.example.org/"

@@ -188,6 +188,13 @@ def test_default_catalogs_are_those_the_session_has(monkeypatch, tmp_path):
     assert names(b) == ["scratch"]  # no iRODS environment, no OMERO: left out
     b.open_entry(0)
     assert names(b) == ["result.csv"]
+    # a site with OMERO: listed before scratch, waiting for the user to sign in
+    monkeypatch.setenv("BIOIMAGE_GATEWAY_OMERO_URL", "http://127.0.0.1:9/")
+    monkeypatch.delenv("OMERO_PASSWORD", raising=False)
+    b = DataBrowser()
+    assert names(b) == ["OMERO", "scratch"]
+    b.open_entry(0)
+    assert b.sign_in_box.layout.display != "none" and crumbs(b) == ["Catalogs"]
 
 
 def test_a_staged_image_says_where_it_is(browser, scratch, tmp_path):
@@ -284,3 +291,40 @@ def test_irods_browse_details_and_thumbnail(irods, tmp_path):
     b.search_box.value = "rembi:biosample.organism=Danio rerio"
     b.search_button.click()
     assert names(b) == ["zebrafish-section.ome.zarr"]
+
+
+# --- the devstack's OMERO ---------------------------------------------------------------------
+
+def test_omero_sign_in_browse_details_and_thumbnail(devstack, tmp_path):
+    from bioimage_gateway.widgets.data_browser import omero_root
+    web_url = devstack.record()["data_services"]["omero"]["url"]
+    b = DataBrowser([omero_root(web_url)], staging_cache_dir=tmp_path / "cache")
+    assert names(b) == ["OMERO"]
+    b.open_entry(0)  # OMERO has accounts of its own: the browser asks for them
+    assert crumbs(b) == ["Catalogs"] and b.sign_in_box.layout.display != "none"
+    assert "sign in" in b.error.value
+
+    b.sign_in_user.value, b.sign_in_password.value = "alice", "not-her-password"
+    b.sign_in_button.click()
+    assert "sign-in failed" in b.error.value and b.sign_in_password.value == ""
+    assert crumbs(b) == ["Catalogs"] and b.sign_in_box.layout.display != "none"
+
+    b.sign_in_user.value, b.sign_in_password.value = "alice", "alice-demo"
+    b.sign_in_button.click()
+    assert b.sign_in_box.layout.display == "none" and b.sign_in_password.value == ""
+    assert crumbs(b) == ["Catalogs", "OMERO"]
+    # bob's project is there too: both are in OMERO group "imaging", whose members read each other's data
+    assert names(b) == ["alice's demo project", "bob's demo project"]
+    b.open_entry(names(b).index("alice's demo project"))
+    assert names(b) == ["hela-cells-timelapse", "mouse-embryo-lightsheet"]
+    b.open_entry(names(b).index("mouse-embryo-lightsheet"))
+    assert names(b) == ["mouse-embryo-lightsheet"]
+    assert crumbs(b) == ["Catalogs", "OMERO", "alice's demo project", "mouse-embryo-lightsheet"]
+    b.select(0)
+    assert "Mus musculus" in b.details.value and "light-sheet" in b.details.value
+    pixels = decode_png(b.thumbnail.value)
+    assert min(pixels.shape[:2]) >= 32 and pixels.std() > 0  # an image, not a blank
+    snippets = b.model.snippets()
+    assert snippets["setup"].endswith("omero = OmeroCatalog(%r, 'alice', getpass())" % web_url)
+    assert "password" not in " ".join(snippets.values()).replace("getpass", "")
+    assert "alice-demo" not in " ".join(snippets.values())
