@@ -27,6 +27,13 @@ def jobs_of(slurm, username: str) -> list[str]:
     return result.stdout.split()
 
 
+def job_names_of(slurm, username: str) -> list[str]:
+    """The names of the user's jobs in the queue."""
+    result = run(["squeue", "-h", "-u", username, "-o", "%j"], env=slurm.env, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def job_records_of(slurm, username: str) -> list[str]:
     """Every job of the user the controller remembers, finished ones included."""
     result = run(["scontrol", "-o", "show", "jobs"], env=slurm.env, check=False)

@@ -6,12 +6,13 @@ Screenshots of each step go to artifacts/browser/ (ARTIFACTS_DIR to move them).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from support import PASSWORDS, jobs_of, logged_in, start_hub
+from support import PASSWORDS, job_names_of, jobs_of, logged_in, start_hub
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).parents[1] / "artifacts")) / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -144,6 +145,10 @@ def test_launcher_card_opens_the_example_that_browses_and_views_data(browser, hu
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     steps = Steps(page, "example-notebook")
+    # As for a new user: no copy of the example from an earlier run in bob's home.
+    examples = Path(pwd.getpwnam("bob").pw_dir) / "bioimage-gateway"
+    for name in ("getting-started.ipynb", ".copied.json"):
+        (examples / name).unlink(missing_ok=True)
     try:
         sign_in_at_idp(page, hub, "bob")
         expect(page.locator("#profile-cpu")).to_be_visible()
@@ -168,6 +173,39 @@ def test_launcher_card_opens_the_example_that_browses_and_views_data(browser, hu
         expect(status).to_be_visible(timeout=120_000)
         status.scroll_into_view_if_needed()
         steps.shot("viewer")
+
+        # Back in the data browser: into the collection, the image, "Stage..." and "Stage".
+        data_browser = page.locator(".jp-CodeCell").first.locator(".jp-OutputArea-output")
+        listing = data_browser.locator("select").first
+        listing.scroll_into_view_if_needed()
+        listing.locator("option", has_text="iRODS").click()
+        data_browser.get_by_role("button", name="Open", exact=True).click()
+        listing.locator("option", has_text="timelapse").click()
+        data_browser.get_by_role("button", name="Open", exact=True).click()
+        listing.locator("option", has_text="hela-cells-timelapse.ome.zarr").click()
+        expect(data_browser.get_by_text("Homo sapiens").first).to_be_visible(timeout=60_000)
+        steps.shot("image-details")
+        data_browser.get_by_role("button", name="Stage...").click()
+        data_browser.get_by_role("button", name="Stage", exact=True).click()
+        staged = data_browser.get_by_text(re.compile(r"^complete: .*; at /"))
+        expect(staged).to_be_visible(timeout=120_000)
+        staged.scroll_into_view_if_needed()
+        steps.shot("staged")
+        assert f"; at {pwd.getpwnam('bob').pw_dir}/" in staged.inner_text()  # on bob's scratch
+
+        # Dask: one worker (a Slurm job of bob's), its dashboard link, then closed.
+        dask = page.locator(".jp-CodeCell").last.locator(".jp-OutputArea-output")
+        dask.scroll_into_view_if_needed()
+        workers = dask.locator("input[type=number]").first
+        workers.fill("1")
+        workers.press("Enter")
+        dask.get_by_role("button", name="Start", exact=True).click()
+        expect(dask.get_by_text(re.compile(r"^1 of 1 workers connected"))).to_be_visible(timeout=180_000)
+        expect(dask.get_by_role("link", name="Dashboard")).to_be_visible()
+        assert any(job.startswith("dask-worker-bob") for job in job_names_of(slurm, "bob"))
+        steps.shot("dask-cluster")
+        dask.get_by_role("button", name="Close", exact=True).click()
+        expect(dask.get_by_text("Closed: no worker jobs left")).to_be_visible(timeout=60_000)
     finally:
         steps.shot("last-state")  # what the page showed at the end, pass or fail
         context.close()
