@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import quote
 
@@ -66,11 +67,16 @@ def read_bytes(catalog: Catalog, url: str, start: int | None = None, end: int | 
         return f.read(max(0, end - (start or 0)))
 
 
-def _read_json(catalog: Catalog, url: str) -> dict | None:
-    """A JSON document at ``url``, or None when there is none (missing, or not an object)."""
+def _read_json(catalog: Catalog, url: str, documents: dict | None = None) -> dict | None:
+    """A JSON document at ``url``, or None when there is none (missing, or not an object);
+    its bytes are kept in ``documents`` (by URL; None when missing) when given."""
     try:
         data = read_bytes(catalog, url)
     except (NotFound, InvalidPath):
+        data = None
+    if documents is not None:
+        documents[url] = data
+    if data is None:
         return None
     try:
         doc = json.loads(data)
@@ -98,12 +104,12 @@ def multiscales_in(data: bytes) -> bool:
     return bool(_ome_attrs(doc, v3).get("multiscales"))
 
 
-def _image_attrs(catalog: Catalog, url: str) -> tuple[int, dict] | None:
+def _image_attrs(catalog: Catalog, url: str, documents: dict | None = None) -> tuple[int, dict] | None:
     """(zarr format, OME attributes) of the image at ``url``, or None if it is none."""
-    zattrs = _read_json(catalog, child_url(url, ".zattrs"))
+    zattrs = _read_json(catalog, child_url(url, ".zattrs"), documents)
     if zattrs is not None and zattrs.get("multiscales"):
         return 2, zattrs
-    zarr_json = _read_json(catalog, child_url(url, "zarr.json"))
+    zarr_json = _read_json(catalog, child_url(url, "zarr.json"), documents)
     if zarr_json is not None and zarr_json.get("node_type", "group") == "group":
         attrs = _ome_attrs(zarr_json, True)
         if attrs.get("multiscales"):
@@ -196,15 +202,15 @@ def _scale(dataset: dict) -> tuple[float, ...] | None:
     return None
 
 
-def _level(catalog: Catalog, url: str, dataset: dict, zarr_format: int) -> Level:
+def _level(catalog: Catalog, url: str, dataset: dict, zarr_format: int, documents: dict | None = None) -> Level:
     path = str(dataset["path"])
     if zarr_format == 2:
-        meta = _read_json(catalog, child_url(url, f"{path}/.zarray"))
+        meta = _read_json(catalog, child_url(url, f"{path}/.zarray"), documents)
         if meta is None:
             raise NotFound(f"the image {url} names a level {path!r} that has no .zarray", url)
         return Level(path, tuple(meta["shape"]), tuple(meta["chunks"]), str(_dtype(meta["dtype"])),
                      _scale(dataset))
-    meta = _read_json(catalog, child_url(url, f"{path}/zarr.json"))
+    meta = _read_json(catalog, child_url(url, f"{path}/zarr.json"), documents)
     if meta is None:
         raise NotFound(f"the image {url} names a level {path!r} that has no zarr.json", url)
     chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
@@ -223,16 +229,22 @@ def _dtype(text) -> str:
         return str(text)
 
 
-def describe_image(catalog: Catalog, url: str) -> ImageDescription:
+def describe_image(catalog: Catalog, url: str, documents: dict | None = None) -> ImageDescription:
     """Levels, axes, channels and sizes of the OME-Zarr image at ``url`` (``InvalidPath`` when
-    ``url`` is not one)."""
-    found = _image_attrs(catalog, url)
+    ``url`` is not one). The metadata documents read are kept in ``documents`` when given, for
+    ``open_image`` to use instead of reading them again."""
+    found = _image_attrs(catalog, url, documents)
     if found is None:
         catalog.stat(url)  # NotFound / PermissionDenied for the address itself
         raise InvalidPath(f"{url} is not an OME-Zarr image (no multiscales in .zattrs or zarr.json)", url)
     zarr_format, attrs = found
     ms = attrs["multiscales"][0]
-    levels = [_level(catalog, url, ds, zarr_format) for ds in ms.get("datasets", [])]
+    datasets = ms.get("datasets", [])
+    if len(datasets) > 1:  # one metadata document per level: read them at once, not in turn
+        with ThreadPoolExecutor(min(8, len(datasets))) as pool:
+            levels = list(pool.map(lambda ds: _level(catalog, url, ds, zarr_format, documents), datasets))
+    else:
+        levels = [_level(catalog, url, ds, zarr_format, documents) for ds in datasets]
     ndim = len(levels[0].shape) if levels else 0
     axes = _axes(ms, ndim)
     sizes = {a["name"]: s for a, s in zip(axes, levels[0].shape)} if levels else {}
@@ -252,6 +264,16 @@ def describe_image(catalog: Catalog, url: str) -> ImageDescription:
 
 # --- a zarr store over a catalog ----------------------------------------------------------------
 
+READERS = 16  # chunk reads in flight per process, through any catalog
+_readers: list = []
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    if not _readers:
+        _readers.append(ThreadPoolExecutor(READERS, thread_name_prefix="catalog-store"))
+    return _readers[0]
+
+
 def _define_store():
     import asyncio
 
@@ -266,17 +288,19 @@ def _define_store():
         supports_partial_writes = False
         supports_listing = True
 
-        def __init__(self, catalog: Catalog, url: str, *, read_only: bool = True):
+        def __init__(self, catalog: Catalog, url: str, *, read_only: bool = True,
+                     documents: dict | None = None):
             if not read_only:
                 raise ValueError("a CatalogStore is read-only")
             super().__init__(read_only=True)
             self.catalog = catalog
             self.url = url.rstrip("/")
+            self.documents = dict(documents or {})  # URL -> bytes (None: known missing), read before
 
         def with_read_only(self, read_only: bool = False):
             if not read_only:
                 raise ValueError("a CatalogStore is read-only")
-            return type(self)(self.catalog, self.url)
+            return type(self)(self.catalog, self.url, documents=self.documents)
 
         def __eq__(self, other: object) -> bool:
             return (isinstance(other, CatalogStore) and other.catalog is self.catalog
@@ -303,14 +327,19 @@ def _define_store():
                 start, end = -byte_range.suffix, None
             else:
                 raise TypeError(f"unexpected byte range {byte_range!r}")
+            url = self.key_url(key)
+            if byte_range is None and url in self.documents:
+                return self.documents[url]
             try:
-                return read_bytes(self.catalog, self.key_url(key), start, end)
+                return read_bytes(self.catalog, url, start, end)
             except (NotFound, InvalidPath):
                 return None
 
         async def get(self, key, prototype=None, byte_range=None):
             prototype = prototype or default_buffer_prototype()
-            data = await asyncio.to_thread(self._read, key, byte_range)
+            # Reads wait on the network, not the CPU: a pool of their own, wider than asyncio's
+            # default (cores + 4), keeps a view's chunks in flight together.
+            data = await asyncio.get_running_loop().run_in_executor(_reader_pool(), self._read, key, byte_range)
             return None if data is None else prototype.buffer.from_bytes(data)
 
         async def get_partial_values(self, prototype, key_ranges):
@@ -382,16 +411,19 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_image(catalog: Catalog, url: str):
-    """The image's root ``zarr.Group``, read through the catalog (no copy)."""
+def open_image(catalog: Catalog, url: str, zarr_format: int | None = None, documents: dict | None = None):
+    """The image's root ``zarr.Group``, read through the catalog (no copy); ``zarr_format``
+    and the metadata ``documents`` when known (``describe_image`` tells) spare reading them
+    again."""
     import zarr
     store_class = globals().get("CatalogStore") or __getattr__("CatalogStore")
-    return zarr.open_group(store=store_class(catalog, url), mode="r")
+    return zarr.open_group(store=store_class(catalog, url, documents=documents), mode="r",
+                           zarr_format=zarr_format)
 
 
 def read_pyramid(catalog: Catalog, url: str) -> list:
     """One lazy dask array per resolution level (full resolution first), read through the catalog."""
     import dask.array as da
     description = describe_image(catalog, url)
-    group = open_image(catalog, url)
+    group = open_image(catalog, url, description.zarr_format)
     return [da.from_zarr(group[level.path]) for level in description.levels]

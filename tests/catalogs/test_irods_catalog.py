@@ -89,6 +89,19 @@ def test_open_reads_byte_ranges(alice):
         assert f.read() == NOTES
 
 
+def test_read_range_reads_in_a_few_round_trips(alice, requests_made):
+    raw = f"{A}/study1/raw.tif"
+    before = requests_made()
+    assert alice.read_range(raw) == RAW
+    # open, read, read (end of object), close: no stat, no buffered file's seeks
+    assert requests_made() - before <= 4
+    assert alice.read_range(raw, 150_000, 151_000) == RAW[150_000:151_000]
+    assert alice.read_range(raw, -100) == RAW[-100:]
+    assert alice.read_range(raw, 10) == RAW[10:]
+    with pytest.raises(NotFound, match="study1/missing.tif"):
+        alice.read_range(f"{A}/study1/missing.tif")
+
+
 def test_checksum_is_irods_sha2_of_the_content(alice, requests_made):
     assert alice.checksum(f"{A}/study1/raw.tif") == sha2_of(RAW)
     # notes.txt was written without a checksum: the server computes and records it once
