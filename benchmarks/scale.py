@@ -10,8 +10,11 @@
    Every Slurm command either hub runs goes through a logging wrapper, so the
    counts are the commands actually executed.  Both hubs poll every
    --interval seconds.
-2. --logins users signing in through the identity provider and opening the
-   spawn form concurrently: the hub's p50/p95 response time and errors.
+2. --logins users signing in through the identity provider and landing on the
+   spawn form, in rounds: arriving spread over each of --ramps seconds, 0 meaning
+   all at the same instant (the first round signs them in for the first time):
+   the hub's p50/p95 response time (client side and the hub's own, per route),
+   errors, and the CPU each process used (benchmarks/login_burst.py).
 3. slurmctld stopped for --outage seconds with 20 running sessions: sessions lost.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import signal
 import statistics
 import sys
@@ -29,10 +33,11 @@ from pathlib import Path
 
 import requests
 import yaml
+from login_burst import CpuMeter, hub_request_times, login_round, percentile, summary
 
 from bioimage_gateway.devstack.demo import HubProcess, hub_config_path
 from bioimage_gateway.devstack.hubclient import HubClient
-from bioimage_gateway.devstack.processes import free_port, run
+from bioimage_gateway.devstack.processes import free_port, read_pid, run
 from bioimage_gateway.devstack.slurm_calls import QUERY_COMMANDS, count_calls, counting_bin_dir
 from bioimage_gateway.devstack.stack import Devstack, ensure_unix_user
 
@@ -141,53 +146,31 @@ def scheduler_load(hubs: dict, sizes: list[int], users: list[str], interval: flo
     return rows
 
 
-def one_login(url: str, username: str, password: str) -> tuple[list[float], str | None]:
-    """Sign in through the IdP and open the spawn form; the hub's response times."""
-    client = HubClient(url, username, password)
-    times = []
-    try:
-        page = client.http.get(client.url("/hub/login"), timeout=60)
-        times.append(page.elapsed.total_seconds())
-        response = client.login_oidc()
-        for step in [*response.history, response]:
-            if step.url.startswith(url):
-                times.append(step.elapsed.total_seconds())
-        form = client.spawn_form()
-        times.append(form.elapsed.total_seconds())
-        if form.status_code != 200 or 'name="profile"' not in form.text:
-            return times, f"{username}: spawn form {form.status_code}"
-        return times, None
-    except Exception as exc:  # noqa: BLE001 - every failure counts as an error
-        return times, f"{username}: {exc}"
-
-
-def logins(hub: HubProcess, users: list[str], concurrency: int, ramp: float = 0) -> dict:
-    """All users sign in, ``concurrency`` at a time; with ``ramp`` > 0, user i starts
-    no earlier than i * ramp / len(users) seconds in (arrivals spread over the ramp)."""
-    times: list[float] = []
-    errors: list[str] = []
-    started = time.monotonic()
-
-    def arrive(i: int, user: str):
-        delay = started + i * ramp / len(users) - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        return one_login(hub.url, user, f"{user}-load")
-
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(arrive, i, u) for i, u in enumerate(users)]
-        for future in concurrent.futures.as_completed(futures):
-            t, error = future.result()
-            times.extend(t)
-            if error:
-                errors.append(error)
-    elapsed = time.monotonic() - started
-    times.sort()
-    return {
-        "users": len(users), "requests": len(times), "errors": len(errors),
-        "p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
-        "elapsed": elapsed, "first_errors": errors[:3],
-    }
+def login_rounds(devstack: Devstack, hub: HubProcess, name: str, users: list[str],
+                 ramps: list[float]) -> dict[str, dict]:
+    """One round per ramp: the users arrive spread evenly over it (0: all at the same
+    instant), each in a fresh browser.  The first round is their first sign-in."""
+    log = devstack.state_dir / f"{name}.log"
+    pids = {"hub": hub.proc.pid, "proxy": read_pid(devstack.state_dir / name / "proxy.pid"),
+            "IdP": devstack.record()["pids"]["idp"]}
+    print(f"  each user, in its own browser: hub login page, IdP sign-in, the hub's OAuth "
+          f"callback, landing on the spawn form (no CPU pinning; the load generator, IdP, "
+          f"proxy and hub share the machine's {os.cpu_count()} cores)", flush=True)
+    rounds = {}
+    for arrivals in ramps:
+        label = f"arriving over {arrivals:.0f} s" if arrivals else "all at once"
+        with CpuMeter(pids) as cpu:
+            result = login_round(hub.url, users, lambda user: f"{user}-load", arrivals)
+        server = hub_request_times(log, result.started_wall, result.ended_wall, set(users))
+        print(f"  {len(users)} users {label}:", flush=True)
+        for line in summary(result, server, cpu.used):
+            print(f"    {line}")
+        for error in result.errors[:3]:
+            print(f"    error: {error}")
+        rounds[label] = {"p50": statistics.median(result.times("hub")),
+                         "p95": percentile(result.times("hub"), 0.95),
+                         "errors": len(result.errors)}
+    return rounds
 
 
 def outage(devstack: Devstack, admin: HubClient, hub: HubProcess, users: list[str],
@@ -203,6 +186,13 @@ def outage(devstack: Devstack, admin: HubClient, hub: HubProcess, users: list[st
     return lost
 
 
+def print_login_summary(login_runs: dict[str, dict]) -> None:
+    for label, login in login_runs.items():
+        print(f"  logins {label}: hub responses p50 {login['p50'] * 1000:.0f} ms, "
+              f"p95 {login['p95'] * 1000:.0f} ms (target < 1000), "
+              f"errors {login['errors']} (target 0)")
+
+
 def main() -> int:
     # SIGTERM (timeout, kill) still runs the clean-up below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -211,12 +201,14 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--logins", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--ramp", type=float, default=60.0,
-                        help="seconds over which the users arrive in the first login round")
+    parser.add_argument("--ramps", default="60,10,0",
+                        help="login rounds: seconds over which the users arrive (0: at once)")
     parser.add_argument("--outage", type=float, default=60.0)
+    parser.add_argument("--only", choices=["logins"],
+                        help="run only this part (no stock hub, scheduler rounds or outage)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sessions.split(",")]
+    ramps = [float(r) for r in args.ramps.split(",")]
     n_users = max(max(sizes), args.logins, 20)
 
     state_dir = Path(tempfile.mkdtemp(prefix="gw-scale-", dir="/tmp"))
@@ -251,6 +243,15 @@ def main() -> int:
         stock_cfg.write_text(STOCK_CONFIG.format(base=str(STOCK_BASE),
                                                  bin_dir=str(state_dir / "bin-stock"),
                                                  tiny=str(tiny), interval=args.interval))
+        if args.only == "logins":
+            ours.start()
+            hubs_started.append(ours)
+            print(f"\n{args.logins} users signing in (identity provider) and opening the "
+                  "spawn form:", flush=True)
+            login_runs = login_rounds(devstack, ours, "ours",
+                                      users[: args.logins], ramps)
+            print_login_summary(login_runs)
+            return 0
         stock = HubProcess(
             hub_settings(devstack, "stock", state_dir / "bin-stock", args.interval,
                          users_file=users_file),
@@ -261,16 +262,8 @@ def main() -> int:
 
         print(f"\n1. {args.logins} users signing in (identity provider) and opening the "
               "spawn form:", flush=True)
-        login_runs = {}
-        for label, ramp in ((f"arriving over {args.ramp:.0f} s", args.ramp),
-                            (f"all at once, {args.concurrency} in parallel", 0)):
-            # Each round signs in fresh browsers; the hub keeps the users from the first.
-            login = login_runs[label] = logins(ours, users[: args.logins], args.concurrency, ramp)
-            print(f"  {label}: hub responses {login['requests']}, "
-                  f"p50 {login['p50'] * 1000:.0f} ms, p95 {login['p95'] * 1000:.0f} ms, "
-                  f"errors {login['errors']}, {login['elapsed']:.1f} s in all", flush=True)
-            for error in login["first_errors"]:
-                print(f"    {error}")
+        login_runs = login_rounds(devstack, ours, "ours",
+                                  users[: args.logins], ramps)
 
         print(f"\n2. Scheduler queries per poll interval ({args.interval:.0f} s), "
               f"{args.window:.0f} s windows:", flush=True)
@@ -294,9 +287,7 @@ def main() -> int:
             ratio = row["ours"] / row["stock"] if row["stock"] else float("nan")
             print(f"  N={row['sessions']}: ours {row['ours']:.1f} vs stock {row['stock']:.1f} "
                   f"queries/interval (ratio {ratio:.3f}; target 1 per interval whatever N)")
-        for label, login in login_runs.items():
-            print(f"  logins {label}: p95 {login['p95'] * 1000:.0f} ms (target < 1000), "
-                  f"errors {login['errors']} (target 0)")
+        print_login_summary(login_runs)
         print(f"  slurmctld outage: {lost} sessions lost (target 0)")
         return 0
     finally:

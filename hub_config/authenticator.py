@@ -9,12 +9,17 @@ What this adds to GenericOAuthenticator, and why:
 * the IdP username is mapped to the POSIX account that sessions run as (same
   name by default; a claim or a mapping file otherwise), and a user with no
   account on the cluster gets a page saying so instead of a failed job;
+* one request to the IdP per sign-in fewer: the user's claims are read from
+  the ID token that comes with the tokens (checks of stored tokens still ask
+  the userinfo endpoint, which is what notices a revoked token);
 * errors a user can meet (not in an allowed group, IdP down, a refused code)
   become pages that say what happened and what to do, never a stack trace.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import pwd
 import time
@@ -22,15 +27,24 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
+import jwt
 import yaml
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Any, Bool, Unicode
+from traitlets import Any, Bool, Int, Unicode, default
 
 from bioimage_gateway.slurm import POSIX_USERNAME
 
+
+# The token response this task has just received from the token endpoint.
+_fresh_token_response: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "fresh_token_response", default=None
+)
+# What an ID token says about the token itself rather than the user.
+_JWT_FIELDS = {"iss", "aud", "exp", "iat", "nbf", "auth_time", "nonce", "at_hash", "c_hash",
+               "azp", "sid", "acr", "amr", "jti"}
 
 _REASONS = {403: "Not authorised", 503: "Sign-in service unavailable"}
 
@@ -72,13 +86,27 @@ class AuthentikLoginHandler(OAuthLoginHandler):
     # an answer from the last few seconds stands for all of them.
     checked_ok_at = 0.0
     check_ttl = 10.0
+    # The one check in flight: a burst of logins (a class starting) waits for it
+    # instead of sending the IdP a check each, which queued behind each other
+    # in the hub's HTTP client until they timed out and said "down".
+    _check: asyncio.Future | None = None
+    # Its own connection: the check must not queue behind the sign-ins' token requests.
+    _client: AsyncHTTPClient | None = None
 
     async def _idp_answers(self) -> bool:
         cls = type(self)
         if time.monotonic() - cls.checked_ok_at < cls.check_ttl:
             return True
+        if cls._check is None or cls._check.done():
+            cls._check = asyncio.ensure_future(self._check_idp(self.authenticator.discovery_url))
+        return await asyncio.shield(cls._check)
+
+    @classmethod
+    async def _check_idp(cls, url: str) -> bool:
+        if cls._client is None:
+            cls._client = AsyncHTTPClient(force_instance=True, max_clients=1)
         try:
-            await AsyncHTTPClient().fetch(self.authenticator.discovery_url, request_timeout=3)
+            await cls._client.fetch(url, request_timeout=3)
         except Exception:  # noqa: BLE001 - refused, timed out, 5xx: all mean "down"
             return False
         cls.checked_ok_at = time.monotonic()
@@ -118,6 +146,22 @@ class AuthentikOAuthenticator(GenericOAuthenticator):
     access_help = Unicode(
         "Ask your facility's gateway administrators to add you to one of them.",
     ).tag(config=True)
+    issuer = Unicode("", help="The ID token's expected issuer (from discovery)").tag(config=True)
+    claims_from_id_token = Bool(
+        True,
+        help="At sign-in, read the user's claims from the ID token of the token response "
+        "(if it carries the username, groups and email_verified claims) instead of a "
+        "request to the userinfo endpoint",
+    ).tag(config=True)
+    idp_connections = Int(
+        64, help="Requests to the IdP in flight at once (tokens, userinfo)"
+    ).tag(config=True)
+
+    @default("http_client")
+    def _default_http_client(self):
+        # Tornado's shared client runs 10 requests at a time and fails the rest
+        # after 20 s in its queue: a class of 200 signing in at once got errors.
+        return AsyncHTTPClient(force_instance=True, max_clients=self.idp_connections)
 
     def _default_posix_account_exists(self, name: str) -> bool:
         try:
@@ -179,9 +223,57 @@ class AuthentikOAuthenticator(GenericOAuthenticator):
                 handler.clear_login_cookie()
         return refreshed
 
+    def _claims_of_fresh_id_token(self, token_info: dict) -> dict | None:
+        """The user's claims from the ID token of a response the token endpoint has
+        just sent; None where the userinfo endpoint must be asked instead."""
+        if not self.claims_from_id_token or _fresh_token_response.get() is not token_info:
+            return None
+        id_token = token_info.get("id_token")
+        if not id_token:
+            return None
+        # Received straight from the token endpoint, so its signature need not be
+        # checked (OpenID Connect Core 3.1.3.7, item 6); audience, expiry and issuer are.
+        try:
+            claims = jwt.decode(
+                id_token, audience=self.client_id, issuer=self.issuer or None,
+                # Without the signature check PyJWT checks nothing unless asked.
+                options={"verify_signature": False, "verify_aud": True, "verify_exp": True,
+                         "verify_iat": True, "verify_iss": bool(self.issuer)},
+            )
+        except jwt.InvalidTokenError as exc:
+            self.log.warning("ID token not usable (%s); asking the userinfo endpoint", exc)
+            return None
+        needed = self._claims_needed()
+        if needed is None or not needed <= claims.keys():
+            return None  # the IdP keeps some of them out of its ID tokens
+        return {k: v for k, v in claims.items() if k not in _JWT_FIELDS}
+
+    def _claims_needed(self) -> set[str] | None:
+        """The claims sign-in decides on; None if they are not plain claim names."""
+        if not isinstance(self.username_claim, str) or not isinstance(
+            self.auth_state_groups_key, str
+        ):
+            return None
+        needed = {self.username_claim, self.auth_state_groups_key.rsplit(".", 1)[-1]}
+        if self.require_verified_email:
+            needed.add("email_verified")
+        if self.posix_username_claim:
+            needed.add(self.posix_username_claim)
+        return needed
+
+    async def token_to_user(self, token_info):
+        claims = self._claims_of_fresh_id_token(token_info)
+        if claims is not None:
+            return claims
+        # Stored tokens (refresh_user): the userinfo endpoint tells whether the
+        # access token still works.
+        return await super().token_to_user(token_info)
+
     async def get_token_info(self, handler, params):
         try:
-            return await super().get_token_info(handler, params)
+            token_info = await super().get_token_info(handler, params)
+            _fresh_token_response.set(token_info)
+            return token_info
         except HTTPClientError as exc:
             if exc.code == 599:
                 raise page_error(

@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import sys
 from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from bioimage_gateway.settings import GatewaySettings
 
@@ -23,6 +27,28 @@ def _secret_file(path: Path, nbytes: int = 32) -> Path:
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(nbytes))
     return path
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def use_sqlite_wal() -> None:
+    """The hub's SQLite database in write-ahead-log mode, synced at checkpoints.
+
+    A sign-in commits several times; in SQLite's default mode each commit
+    waits for two or more fsyncs while the hub's one event loop stands still
+    (a login burst while another job wrote to the disk spent a fifth of the
+    hub's time there).  With WAL and
+    synchronous=NORMAL a commit is a write to the log; a power cut can lose
+    the last commits (a login, an activity stamp), never the database.
+    """
+    if not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
 
 
 def configure_hub(c, settings: GatewaySettings) -> None:
@@ -38,6 +64,8 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+    if c.JupyterHub.db_url.startswith("sqlite"):
+        use_sqlite_wal()
     c.JupyterHub.cookie_secret_file = str(_secret_file(data_dir / "cookie_secret"))
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
     # Sessions are Slurm jobs that outlive a hub restart; the hub must not stop them.
@@ -144,6 +172,7 @@ def configure_authentik(c, settings: GatewaySettings) -> None:
     a.authorize_url = endpoints["authorization_endpoint"]
     a.token_url = endpoints["token_endpoint"]
     a.userdata_url = endpoints["userinfo_endpoint"]
+    a.issuer = endpoints["issuer"]
     a.logout_redirect_url = logout_url(
         endpoints["end_session_endpoint"], auth.client_id,
         auth.after_logout_url or f"{hub_url}/hub/login",

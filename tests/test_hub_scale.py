@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import logged_in, start_hub
+from support import PASSWORDS, logged_in, start_hub
 
+from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import run
 from bioimage_gateway.devstack.slurm_calls import count_calls, counting_bin_dir
 
@@ -102,3 +105,22 @@ def test_spawn_form_lists_the_active_reservations_open_to_the_user(hub, slurm):
         assert "course-demo" not in alice.spawn_form().text
     finally:
         run(["scontrol", "delete", "ReservationName=course-demo"], env=slurm.env, check=False)
+
+
+def test_a_class_signing_in_at_the_same_moment_all_reach_the_spawn_form(hub):
+    """24 browsers sign in through the IdP at once: no error page, each lands on its form."""
+    users = ["alice", "bob", "tom", "ada"] * 6
+    start = threading.Barrier(len(users))
+
+    def sign_in(username: str) -> tuple[int, str]:
+        client = HubClient(hub.url, username, PASSWORDS[username])
+        start.wait()
+        client.http.get(client.url("/hub/login"), timeout=60)
+        response = client.login_oidc(check=False)
+        return response.status_code, response.text
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        answers = list(pool.map(sign_in, users))
+    failed = [(status, text[:200]) for status, text in answers
+              if status != 200 or 'name="profile"' not in text]
+    assert not failed, failed

@@ -6,6 +6,7 @@ import html
 import time
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+import jwt
 import pytest
 import requests
 from support import PASSWORDS, logged_in, session_env, start_hub
@@ -13,6 +14,7 @@ from support import PASSWORDS, logged_in, session_env, start_hub
 from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.idp import LocalIdentityProvider, demo_users
 from bioimage_gateway.devstack.processes import free_port
+from bioimage_gateway.hub_config import authenticator as gw_authenticator
 
 
 @pytest.fixture
@@ -218,3 +220,56 @@ def test_access_token_reaches_the_session_when_the_site_opts_in(hub, devstack, b
                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert userinfo.status_code == 200
     assert userinfo.json()["preferred_username"] == "bob"
+
+
+# ---- claims from the ID token at sign-in (pure logic; the sign-ins above run it for real)
+
+ISSUER = "https://auth.example.org/application/o/bioimage-gateway/"
+
+
+def _token_response(**claims) -> dict:
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": "bioimage-gateway", "iat": now, "exp": now + 300,
+               "sub": "abc", "nonce": "n", "preferred_username": "alice",
+               "groups": ["imaging"], "email": "alice@example.org", "email_verified": True}
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    # The signature is not what is checked (the token comes straight from the IdP).
+    return {"access_token": "a", "token_type": "Bearer",
+            "id_token": jwt.encode(payload, "some-key-of-at-least-32-bytes-!!", algorithm="HS256")}
+
+
+def _claims(token_info: dict, fresh: bool = True):
+    auth = gw_authenticator.AuthentikOAuthenticator(
+        client_id="bioimage-gateway", issuer=ISSUER, username_claim="preferred_username",
+        manage_groups=True, auth_state_groups_key="oauth_user.groups")
+    if fresh:
+        gw_authenticator._fresh_token_response.set(token_info)
+    try:
+        return auth._claims_of_fresh_id_token(token_info)
+    finally:
+        gw_authenticator._fresh_token_response.set(None)
+
+
+def test_sign_in_takes_the_users_claims_from_the_fresh_id_token():
+    claims = _claims(_token_response())
+    assert claims["preferred_username"] == "alice" and claims["groups"] == ["imaging"]
+    assert claims["email_verified"] is True
+    # Only what describes the user is kept, as the userinfo endpoint would answer.
+    assert not {"iss", "aud", "exp", "iat", "nonce"} & claims.keys()
+
+
+@pytest.mark.parametrize("change", [
+    {"groups": None},              # the IdP keeps groups out of its ID tokens
+    {"email_verified": None},
+    {"aud": "another-client"},
+    {"iss": "https://elsewhere.example.org/"},
+    {"exp": int(time.time()) - 60},
+])
+def test_an_id_token_that_cannot_say_who_the_user_is_sends_the_hub_to_userinfo(change):
+    assert _claims(_token_response(**change)) is None
+
+
+def test_stored_tokens_are_always_checked_at_the_userinfo_endpoint():
+    """A refresh must find out whether the access token still works: no ID token shortcut."""
+    assert _claims(_token_response(), fresh=False) is None
