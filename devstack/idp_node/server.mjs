@@ -215,10 +215,85 @@ function signingKey() {
   return key;
 }
 
+// Where the provider keeps codes, sessions, grants and tokens: plain maps, each entry
+// dropped when it expires. (The package's built-in store is an LRU of 1000 entries: a
+// class of 200 signing in at once evicted authorization codes before they were used.
+// Authentik keeps these in its database, without such a limit.)
+const stores = new Map();
+const grantIndex = new Map(); // grantId -> Set of [model, id]
+
+class ExpiringMemoryAdapter {
+  constructor(model) {
+    this.model = model;
+    if (!stores.has(model)) stores.set(model, new Map());
+    this.entries = stores.get(model);
+  }
+
+  _live(id) {
+    const entry = this.entries.get(id);
+    if (!entry) return undefined;
+    if (entry.expiresAt && entry.expiresAt <= Date.now()) {
+      this.entries.delete(id);
+      return undefined;
+    }
+    return entry.payload;
+  }
+
+  async upsert(id, payload, expiresIn) {
+    this.entries.set(id, { payload, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : 0 });
+    if (payload.grantId) {
+      if (!grantIndex.has(payload.grantId)) grantIndex.set(payload.grantId, new Set());
+      grantIndex.get(payload.grantId).add(JSON.stringify([this.model, id]));
+    }
+  }
+
+  async find(id) { return this._live(id); }
+
+  async findByUid(uid) {
+    for (const id of this.entries.keys()) {
+      const payload = this._live(id);
+      if (payload?.uid === uid) return payload;
+    }
+    return undefined;
+  }
+
+  async findByUserCode(userCode) {
+    for (const id of this.entries.keys()) {
+      const payload = this._live(id);
+      if (payload?.userCode === userCode) return payload;
+    }
+    return undefined;
+  }
+
+  async consume(id) {
+    const payload = this._live(id);
+    if (payload) payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) { this.entries.delete(id); }
+
+  async revokeByGrantId(grantId) {
+    for (const key of grantIndex.get(grantId) ?? []) {
+      const [model, id] = JSON.parse(key);
+      stores.get(model)?.delete(id);
+    }
+    grantIndex.delete(grantId);
+  }
+}
+
+// Expired entries of models nobody asks for again go too, once a minute.
+setInterval(() => {
+  const now = Date.now();
+  for (const entries of stores.values()) {
+    for (const [id, entry] of entries) if (entry.expiresAt && entry.expiresAt <= now) entries.delete(id);
+  }
+}, 60_000).unref();
+
 function buildProvider(issuer) {
   const ttl = { ...DEFAULT_TTL, ...(config.ttl ?? {}) };
   const ttlFunctions = Object.fromEntries(Object.entries(ttl).map(([k, v]) => [k, () => Number(v)]));
   const provider = new Provider(issuer, {
+    adapter: ExpiringMemoryAdapter,
     clients: config.clients.map((c) => ({
       client_id: c.client_id,
       client_secret: c.client_secret,
