@@ -179,24 +179,42 @@ class SlurmClient:
         return {info.job_id: info for info in infos}
 
     async def job_records(self, job_ids) -> dict[str, JobInfo]:
-        """How jobs that left the queue ended: sacct where accounting runs, else
-        the controller's own records (kept MinJobAge seconds), in one call."""
+        """How jobs that left the queue ended: sacct where accounting runs, the
+        controller's own records (kept MinJobAge seconds) for what sacct cannot
+        tell: accounting off or slurmdbd not answering, or a job whose end has not
+        reached the database yet (slurmctld sends it on asynchronously)."""
         ids = sorted({check_job_id(j) for j in job_ids}, key=int)
         if not ids:
             return {}
+        records = await self._accounting_records(ids)
+        missing = [job_id for job_id in ids if job_id not in records]
+        if missing:
+            records.update(await self._controller_records(missing))
+        return records
+
+    async def _accounting_records(self, ids: list[str]) -> dict[str, JobInfo]:
+        """Finished jobs as sacct has them; nothing where accounting does not answer."""
         argv = [self._bin("sacct"), "-n", "-X", "-P", "-j", ",".join(ids),
-                "-o", "JobID,State,NodeList,ExitCode,Reason"]
-        result = await run_argv(argv, env=self.env, timeout=self.timeout)
-        if result.returncode == 0:
-            records = {}
-            for line in result.stdout.splitlines():
-                job_id, state, node, exit_code, reason = (line.split("|") + [""] * 5)[:5]
-                if job_id in ids:
-                    records[job_id] = JobInfo(job_id=job_id, state=state.split()[0], node=node,
-                                              exit_code=exit_code, reason=reason)
-            return records
-        if "accounting storage is disabled" not in result.stderr.lower():
-            raise SchedulerUnavailable(result.stderr.strip() or "sacct failed")
+                "-o", "JobID,State,NodeList,ExitCode,Reason,End"]
+        try:
+            result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        except asyncio.TimeoutError:
+            return {}
+        if result.returncode != 0:
+            return {}
+        records = {}
+        for line in result.stdout.splitlines():
+            job_id, state, node, exit_code, reason, end = (line.split("|") + [""] * 6)[:6]
+            info = JobInfo(job_id=job_id, state=(state.split() or ["UNKNOWN"])[0],
+                           node="" if node in ("None assigned", "(null)") else node,
+                           exit_code=exit_code, reason=reason,
+                           end_time="" if end in ("Unknown", "None") else end)
+            # Until the job's end is in the database its state and exit code may be stale.
+            if job_id in ids and info.finished and info.end_time:
+                records[job_id] = info
+        return records
+
+    async def _controller_records(self, ids: list[str]) -> dict[str, JobInfo]:
         argv = [self._bin("scontrol"), "-o", "show", "job"]
         result = await run_argv(argv, env=self.env, timeout=self.timeout)
         if result.returncode != 0:

@@ -8,6 +8,10 @@ session environment is readable by them, and writes into the state directory:
 * ``gateway.yaml``   site settings for a hub on this stack.
 
 ``down`` cancels every job and stops every daemon by the PIDs recorded there.
+
+With ``accounting`` (the default) Slurm keeps its accounting in slurmdbd and a
+private MariaDB, seeded with an account per group, the profiles' QoS and the
+demo users' associations (:class:`.accounting.AccountingSeed`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from .accounting import AccountingSeed
 from .data_services import start_data_services, stop_data_services, write_irods_client_config
 from .idp import LocalIdentityProvider, demo_users
 from .processes import alive, free_port, run
-from .slurm import LocalSlurm
+from .slurm import CLUSTER, LocalSlurm
 
 # Passwords are for a stack on loopback only; they are listed in the README.
 DEMO_USERS = [
@@ -76,7 +81,10 @@ def check_session_environment(prefix: Path) -> Path:
     return prefix
 
 
-SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd", "mariadbd", "slurmdbd")
+# On by default; BIOIMAGE_GATEWAY_DEVSTACK_ACCOUNTING=0 runs Slurm without slurmdbd
+# (to compare with a site that has none).
+ACCOUNTING = os.environ.get("BIOIMAGE_GATEWAY_DEVSTACK_ACCOUNTING", "1") != "0"
 ALLOWED_GROUPS = ["imaging", "trainers", "gateway-admins"]
 OIDC_CLIENT_ID = "bioimage-gateway"
 
@@ -116,8 +124,18 @@ def gateway_settings(
     state_dir: Path, slurm: LocalSlurm, session_env: Path, hub_port: int, auth: dict
 ) -> dict:
     """Site settings for a hub on this stack, sized to this machine."""
-    cpus = slurm.cpus
-    mem_gb = max(1, slurm.memory_mb // 1024)
+    slurm_settings = {
+        "conf": str(slurm.conf),
+        "poll_interval": 5.0,
+        "start_poll_interval": 1.0,
+        "live_data_ttl": 2,
+        "query_timeout": 2,
+        "default_walltime_hours": 2,
+        "partitions": list(("interactive", "largemem")),
+    }
+    if slurm.accounting:
+        # What the form shows when sacctmgr does not answer (and what profiles may name).
+        slurm_settings.update(accounts=list(ALLOWED_GROUPS), qos=["normal", "workshop"])
     return {
         "hub": {
             "public_url": hub_urls(hub_port)["public_url"],
@@ -130,15 +148,22 @@ def gateway_settings(
             "announcement": "Local demo cluster: sessions end when the demo stops.",
         },
         "auth": auth,
-        "slurm": {
-            "conf": str(slurm.conf),
-            "poll_interval": 5.0,
-            "start_poll_interval": 1.0,
-            "live_data_ttl": 2,
-            "query_timeout": 2,
-            "default_walltime_hours": 2,
-            "partitions": list(("interactive", "largemem")),
+        "slurm": slurm_settings,
+        **site_resources(slurm),
+        "scratch_root": str(state_dir / "scratch"),
+        "session": {
+            "environment": str(session_env),
+            "start_timeout": 180,
+            "http_timeout": 60,
         },
+    }
+
+
+def site_resources(slurm: LocalSlurm) -> dict:
+    """Profiles and group limits sized to this machine; accounting is seeded from them."""
+    cpus = slurm.cpus
+    mem_gb = max(1, slurm.memory_mb // 1024)
+    return {
         "profiles": [
             {
                 "slug": "cpu",
@@ -169,18 +194,14 @@ def gateway_settings(
                 "memory_gb": {"default": 1, "max": 2},
                 "walltime_hours": {"default": 3, "max": 4},
                 "groups": ["trainers", "gateway-admins"],
+                # Course sessions run under the QoS trainers are given in accounting.
+                **({"qos": "workshop"} if slurm.accounting else {}),
             },
         ],
         "group_limits": {
             "imaging": {"max_sessions": 1, "max_cpus": cpus},
             "trainers": {"max_sessions": 1, "max_cpus": 1},
             "gateway-admins": {"max_sessions": 2},
-        },
-        "scratch_root": str(state_dir / "scratch"),
-        "session": {
-            "environment": str(session_env),
-            "start_timeout": 180,
-            "http_timeout": 60,
         },
     }
 
@@ -203,7 +224,7 @@ class Devstack:
         rec = self.record()
         if rec is None:
             raise RuntimeError(f"no devstack recorded in {self.state_dir}")
-        return LocalSlurm(
+        slurm = LocalSlurm(
             state_dir=self.state_dir,
             ctld_port=rec["slurm"]["slurmctld_port"],
             slurmd_port=rec["slurm"]["slurmd_port"],
@@ -212,6 +233,10 @@ class Devstack:
             memory_mb=rec["slurm"]["memory_mb"],
             pids={k: v for k, v in rec["pids"].items() if k in SLURM_DAEMONS},
         )
+        if rec.get("accounting"):
+            slurm.enable_accounting(rec["accounting"]["mariadb_port"],
+                                    rec["accounting"]["slurmdbd_port"])
+        return slurm
 
     def running(self) -> bool:
         rec = self.record()
@@ -223,6 +248,7 @@ class Devstack:
         hub_port: int | None = None,
         node_cpus: int | None = None,
         idp_users: list[dict] | None = None,
+        accounting: bool | None = None,
     ) -> dict:
         if os.geteuid() != 0:
             raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
@@ -245,6 +271,8 @@ class Devstack:
         slurm = LocalSlurm(state_dir=self.state_dir)
         if node_cpus:
             slurm.cpus = node_cpus
+        if (ACCOUNTING if accounting is None else accounting):
+            slurm.enable_accounting()
         idp = LocalIdentityProvider(
             self.state_dir,
             users=demo_users() + list(idp_users or []),
@@ -255,10 +283,18 @@ class Devstack:
             }],
         )
         data_pids: dict = {}
-        try:
-            slurm.start()
+        data_services: dict = {}
+
+        def start_services():
             idp.start()
-            data_services, data_pids = start_data_services(self.state_dir, DEMO_USERS)
+            record, pids = start_data_services(self.state_dir, DEMO_USERS)
+            data_services.update(record)
+            data_pids.update(pids)
+
+        try:
+            slurm.start(AccountingSeed.from_settings(
+                site_resources(slurm), DEMO_USERS + list(idp_users or [])),
+                alongside=start_services)
         except BaseException:
             stop_data_services(data_pids)
             idp.stop()
@@ -277,7 +313,7 @@ class Devstack:
             "state_dir": str(self.state_dir),
             "slurm": {
                 "conf": str(slurm.conf),
-                "cluster": "gwdev",
+                "cluster": CLUSTER,
                 "node": slurm.node,
                 "cpus": slurm.cpus,
                 "memory_mb": slurm.memory_mb,
@@ -285,6 +321,14 @@ class Devstack:
                 "slurmctld_port": slurm.ctld_port,
                 "slurmd_port": slurm.slurmd_port,
                 "partitions": ["interactive", "largemem"],
+            },
+            "accounting": slurm.accounting and {
+                "cluster": CLUSTER,
+                "mariadb_port": slurm.accounting.db_port,
+                "mariadb_socket": str(slurm.accounting.db_socket),
+                "slurmdbd_port": slurm.accounting.dbd_port,
+                "slurmdbd_conf": str(slurm.accounting.dbd_conf),
+                "slurmdbd_log": str(slurm.accounting.dbd_log),
             },
             "munge_socket": str(slurm.munge_socket),
             "pids": {**slurm.pids, "idp": idp.pid, **data_pids},
@@ -323,6 +367,20 @@ class Devstack:
         slurm.restart_controller(down_for)
         rec = self.record()
         rec["pids"] = {**rec["pids"], "slurmctld": slurm.pids["slurmctld"]}
+        self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
+
+    def stop_slurmdbd(self) -> None:
+        """Stop the accounting daemon only (tests of an accounting outage)."""
+        slurm = self.slurm()
+        if slurm.accounting is None:
+            raise RuntimeError(f"the devstack in {self.state_dir} runs without accounting")
+        slurm.accounting.stop_slurmdbd()
+
+    def start_slurmdbd(self) -> None:
+        slurm = self.slurm()
+        slurm.accounting.start_slurmdbd()
+        rec = self.record()
+        rec["pids"] = {**rec["pids"], "slurmdbd": slurm.pids["slurmdbd"]}
         self.record_path.write_text(json.dumps(rec, indent=2) + "\n")
 
     def write_client_files(self) -> None:

@@ -12,10 +12,12 @@ a notice that says so.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from bioimage_gateway.slurm import SlurmClient, run_argv
+from bioimage_gateway.slurm import SlurmClient, check_username, run_argv
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,18 @@ def parse_reservations(text: str, username: str, accounts: list[str]) -> list[Re
     return out
 
 
+_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def cluster_name(conf: Path) -> str | None:
+    """The ClusterName of a slurm.conf (None if it cannot be read)."""
+    try:
+        match = _CLUSTER_NAME.search(Path(conf).read_text(errors="replace"))
+    except OSError:
+        return None
+    return match.group(1).lower() if match else None
+
+
 class ClusterInfo:
     """Cached, never-blocking view of the cluster for the spawn form."""
 
@@ -120,6 +134,8 @@ class ClusterInfo:
         self.configured_accounts = list(configured_accounts)
         self.configured_qos = list(configured_qos)
         self._cache: dict[str, Cached] = {}
+        # One slurmdbd often serves several clusters: only this one's associations count.
+        self.cluster = cluster_name(client.conf)
 
     @classmethod
     def shared(cls, client: SlurmClient, **kwargs) -> "ClusterInfo":
@@ -143,8 +159,11 @@ class ClusterInfo:
         return parse_sinfo(text)
 
     async def _associations(self, username: str) -> tuple[list[str], list[str]]:
+        where = [f"cluster={self.cluster}"] if self.cluster else []
+        # A checked name: sacctmgr would read "a,b" as two users.
         text = await self._run([str(self.client.bin_dir / "sacctmgr"), "-n", "-P", "show",
-                                "assoc", f"user={username}", "format=Account,QOS"])
+                                "assoc", f"user={check_username(username)}", *where,
+                                "format=Account,QOS"])
         accounts, qos = [], []
         for line in text.splitlines():
             account, q = (line.split("|") + [""])[:2]
@@ -211,8 +230,11 @@ class ClusterInfo:
                                                          self.configured_qos)
         # Sites without slurmdbd have no associations to read: that is not news.
         no_accounting = assoc.error and "accounting_storage" in assoc.error
-        if assoc.error and not assoc.value and not no_accounting:
-            notices.append("Your Slurm accounts could not be read from accounting "
-                           f"({assoc.error}); showing the site's configured accounts.")
+        if assoc.error and not no_accounting:
+            notices.append(
+                f"Your Slurm accounts could not be read from accounting ({assoc.error}); "
+                + (f"showing those read {time.monotonic() - assoc.fetched_at:.0f} s ago."
+                   if assoc.value else "showing the site's configured accounts.")
+            )
         return Snapshot(partitions=parts.value or {}, accounts=list(accounts), qos=list(qos),
                         reservations=res.value or [], notices=notices)

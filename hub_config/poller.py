@@ -5,10 +5,12 @@ every spawner: N sessions cost N scheduler calls per interval.  Here one
 :class:`QueuePoller` per hub watches the job ids of all sessions, asks about
 all of them in a single ``squeue -j id,id,...`` call per interval (with
 jitter, so that many hubs do not beat in step), and asks how jobs that left
-the queue ended (sacct, else scontrol) in one more call.  Spawners read the
-shared answer.  A failed query is retried at the next interval and never read
-as "job gone": spawners see the scheduler as unavailable, not their job as
-ended.
+the queue ended in one sacct call for all of them (no sudo: slurmdbd shows
+every user's jobs unless the site sets PrivateData), then the controller's
+records where accounting is off, does not answer, or has not yet recorded a
+job's end (``SlurmClient.job_records``).  Spawners read the shared answer.
+A failed query is retried at the next interval and never read as "job gone":
+spawners see the scheduler as unavailable, not their job as ended.
 """
 
 from __future__ import annotations
