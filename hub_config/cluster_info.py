@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bioimage_gateway.slurm import SlurmClient, check_username, run_argv
+from bioimage_gateway.slurm import SlurmClient, run_argv
 
 
 @dataclass(frozen=True)
@@ -94,18 +94,46 @@ def parse_sinfo(text: str) -> dict[str, PartitionInfo]:
     }
 
 
-def parse_reservations(text: str, username: str, accounts: list[str]) -> list[Reservation]:
+@dataclass(frozen=True)
+class ActiveReservation:
+    """An active reservation and who may use it (its users, or members of its accounts)."""
+
+    reservation: Reservation
+    users: frozenset[str]
+    accounts: frozenset[str]
+
+    def open_to(self, username: str, accounts) -> bool:
+        return username in self.users or bool(self.accounts & set(accounts))
+
+
+def parse_reservations(text: str) -> list[ActiveReservation]:
+    """The active reservations in ``scontrol -o show reservation``."""
     out = []
     for line in text.splitlines():
         fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
         if "ReservationName" not in fields or fields.get("State") != "ACTIVE":
             continue
-        users = set(filter(None, fields.get("Users", "").split(",")))
-        res_accounts = set(filter(None, fields.get("Accounts", "").split(",")))
-        if username in users or res_accounts & set(accounts):
-            out.append(Reservation(fields["ReservationName"], fields.get("StartTime", ""),
-                                   fields.get("EndTime", ""),
-                                   fields.get("PartitionName", "(null)")))
+        out.append(ActiveReservation(
+            Reservation(fields["ReservationName"], fields.get("StartTime", ""),
+                        fields.get("EndTime", ""), fields.get("PartitionName", "(null)")),
+            frozenset(filter(None, fields.get("Users", "").split(","))),
+            frozenset(filter(None, fields.get("Accounts", "").split(",")))))
+    return out
+
+
+def parse_associations(text: str) -> dict[str, tuple[list[str], list[str]]]:
+    """``sacctmgr -n -P show assoc format=User,Account,QOS`` -> user: (accounts, QoS), in order."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for line in text.splitlines():
+        user, account, qos = (line.split("|") + ["", ""])[:3]
+        if not user:  # an account's own association, not a user's
+            continue
+        accounts, names = out.setdefault(user, ([], []))
+        if account and account not in accounts:
+            accounts.append(account)
+        for name in filter(None, qos.split(",")):
+            if name not in names:
+                names.append(name)
     return out
 
 
@@ -158,33 +186,21 @@ class ClusterInfo:
         ])
         return parse_sinfo(text)
 
-    async def _associations(self, username: str) -> tuple[list[str], list[str]]:
+    # Associations and reservations are read for every user at once: a class opening the
+    # form together costs the scheduler one sacctmgr and one scontrol per interval, not one
+    # each per student.
+    async def _associations(self) -> dict[str, tuple[list[str], list[str]]]:
         where = [f"cluster={self.cluster}"] if self.cluster else []
-        # A checked name: sacctmgr would read "a,b" as two users.
         text = await self._run([str(self.client.bin_dir / "sacctmgr"), "-n", "-P", "show",
-                                "assoc", f"user={check_username(username)}", *where,
-                                "format=Account,QOS"])
-        accounts, qos = [], []
-        for line in text.splitlines():
-            account, q = (line.split("|") + [""])[:2]
-            if account and account not in accounts:
-                accounts.append(account)
-            for name in filter(None, q.split(",")):
-                if name not in qos:
-                    qos.append(name)
-        return accounts, qos
+                                "assoc", *where, "format=User,Account,QOS"])
+        return parse_associations(text)
 
-    async def _reservations(self, username: str) -> list[Reservation]:
-        accounts = self._value(f"assoc:{username}", ([], []))[0]
+    async def _reservations(self) -> list[ActiveReservation]:
         text = await self._run([str(self.client.bin_dir / "scontrol"), "-o", "show",
                                 "reservation"])
         if "No reservations" in text:
             return []
-        return parse_reservations(text, username, accounts)
-
-    def _value(self, key: str, default):
-        cached = self._cache.get(key)
-        return cached.value if cached and cached.value is not None else default
+        return parse_reservations(text)
 
     async def _refresh(self, key: str, fetch) -> None:
         cached = self._cache.setdefault(key, Cached())
@@ -205,18 +221,21 @@ class ClusterInfo:
             asyncio.ensure_future(self._refresh(key, fetch))
         return cached
 
-    async def warm(self, username: str) -> None:
+    async def warm(self, username: str | None = None) -> None:
         """Fetch everything now (used at hub start and by tests)."""
         await self._refresh("partitions", self._partitions)
-        await self._refresh(f"assoc:{username}", lambda: self._associations(username))
-        await self._refresh(f"res:{username}", lambda: self._reservations(username))
+        await self._refresh("associations", self._associations)
+        await self._refresh("reservations", self._reservations)
 
     def snapshot(self, username: str) -> Snapshot:
         """The cached view, scheduling refreshes of whatever is stale; never waits."""
         notices = []
         parts = self._schedule("partitions", self._partitions)
-        assoc = self._schedule(f"assoc:{username}", lambda: self._associations(username))
-        res = self._schedule(f"res:{username}", lambda: self._reservations(username))
+        every = self._schedule("associations", self._associations)
+        res = self._schedule("reservations", self._reservations)
+        # Once read, a user with no association has none (Slurm would refuse their jobs).
+        assoc = Cached(every.value.get(username, ([], [])) if every.value is not None else None,
+                       every.fetched_at, every.error)
         if parts.error:
             notices.append(
                 "Live cluster data is unavailable (Slurm did not answer: "
@@ -236,5 +255,6 @@ class ClusterInfo:
                 + (f"showing those read {time.monotonic() - assoc.fetched_at:.0f} s ago."
                    if assoc.value else "showing the site's configured accounts.")
             )
+        reservations = [r.reservation for r in res.value or [] if r.open_to(username, accounts)]
         return Snapshot(partitions=parts.value or {}, accounts=list(accounts), qos=list(qos),
-                        reservations=res.value or [], notices=notices)
+                        reservations=reservations, notices=notices)
