@@ -37,6 +37,8 @@ venv:
 	install -m 0644 images/session/jupyter_server_config.d/*.json $(VENV)/etc/jupyter/jupyter_server_config.d/
 	# dask-labextension's "New cluster" uses the gateway's cluster factory.
 	install -D -m 0644 images/session/dask.yaml $(VENV)/etc/dask/bioimage-gateway.yaml
+	# The session's desktop (jupyter-remote-desktop-proxy): its xstartup runs openbox.
+	install -D -m 0755 -t $(VENV)/share/bioimage-gateway/desktop images/session/desktop/xstartup
 	chmod -R o+rX $(PREFIX)
 
 benchmarks: system venv

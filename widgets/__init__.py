@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from . import viewer
 
         return getattr(viewer, name)
+    if name == "open_in_napari":
+        from .napari import open_in_napari
+
+        return open_in_napari
     if name == "Stager":
         from .stager import Stager
 
@@ -22,4 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DaskClusterWidget", "DataBrowser", "BrowserModel", "Stager", "Viewer", "ViewerModel"]
+__all__ = ["DaskClusterWidget", "DataBrowser", "BrowserModel", "Stager", "Viewer", "ViewerModel",
+           "open_in_napari"]

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import ipywidgets as w
 
 from bioimage_gateway.catalogs import Catalog, CatalogError, Entry
+from bioimage_gateway.napari_desktop import NAPARI_IMPORT, napari_snippet
 
 PAGE_SIZE = 200
 THUMBNAIL_MAX = 256  # pixels along the longer side
@@ -573,6 +574,7 @@ class BrowserModel:
             out["stage"] = f"stage({u!r}{levels})"
             out["open"] = f"open_image({root.var}, {u!r})"
             out["describe"] = f"describe_image({root.var}, {u!r})"
+            out["napari"] = napari_snippet(u)
         elif entry.kind == "object":
             out["stage"] = f"stage({u!r})"
             out["checksum"] = f"{root.var}.checksum({u!r})"
@@ -585,7 +587,7 @@ class BrowserModel:
         return ("from bioimage_gateway.catalogs import open_catalog; "
                 "from bioimage_gateway.catalogs.rembi import to_rembi; "
                 "from bioimage_gateway.catalogs.zarr import describe_image, open_image; "
-                "from bioimage_gateway.staging import stage, status")
+                "from bioimage_gateway.staging import stage, status; " + NAPARI_IMPORT)
 
 
 # --- the view --------------------------------------------------------------------------------
@@ -660,6 +662,11 @@ class DataBrowser(w.VBox):
                                   layout=w.Layout(display="none"))
         self.sign_in_button.on_click(lambda _b: self.sign_in())
         self.stage_button.on_click(lambda _b: self.show_stager())
+        self.napari_button = w.Button(description="Open in napari", disabled=True,
+                                      tooltip="Open the image in napari on the session's desktop "
+                                              "(catalog images: their staged copy)")
+        self.napari_button.on_click(lambda _b: self.open_in_napari())
+        self.napari_viewer = None  # the napari.Viewer the button opened last
         self.open_button.on_click(lambda _b: self.open_selected())
         self.up_button.on_click(lambda _b: self._do(self.model.up))
         self.more_button.on_click(lambda _b: self._do(self.model.more))
@@ -671,7 +678,8 @@ class DataBrowser(w.VBox):
             w.HBox([self.search_box, self.search_button, self.clear_button]),
             w.HBox([w.VBox([self.listing, w.HBox([self.open_button, self.up_button, self.more_button]),
                             self.count], layout=w.Layout(width="45%")),
-                    w.VBox([self.thumbnail, self.stage_button, self.details],
+                    w.VBox([self.thumbnail, w.HBox([self.stage_button, self.napari_button]),
+                            self.details],
                            layout=w.Layout(width="55%"))]),
             self.stage_area, self.snippet, self.snippet_list, self.error, self.sign_in_box,
         ])
@@ -741,6 +749,7 @@ class DataBrowser(w.VBox):
         self.thumbnail.value = b""
         self.thumbnail.layout.display = "none"
         self.stage_button.disabled = True
+        self.napari_button.disabled = True
         self.stage_area.children = []
         self.snippet_list.value = self._snippets_html()
 
@@ -759,6 +768,19 @@ class DataBrowser(w.VBox):
             return
         self.stage_area.children = [stager]
         self.snippet.value = stager.snippet.value
+
+    def open_in_napari(self) -> None:
+        """What "Open in napari" does: the "napari" line, ``open_in_napari(url)``."""
+        from .napari import open_in_napari
+        m = self.model
+        if m.selected is None or m.selected.kind != "image":
+            return
+        self.snippet.value = m.snippets()["napari"]
+        self.error.value = ""
+        try:
+            self.napari_viewer = open_in_napari(m.selected.url, cache_dir=m.staging_cache_dir)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self.error.value = f"<span style='color:#b00'>napari: {_esc(exc)}</span>"
 
     def _snippets_html(self) -> str:
         snippets = self.model.snippets()
@@ -785,6 +807,7 @@ class DataBrowser(w.VBox):
         self.thumbnail.value = png or b""
         self.thumbnail.layout.display = "" if png else "none"
         self.stage_button.disabled = m.selected is None or m.selected.kind != "image"
+        self.napari_button.disabled = self.stage_button.disabled
         self.stage_area.children = []
         self.snippet.value = m.snippet
         self.snippet_list.value = self._snippets_html()

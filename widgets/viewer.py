@@ -16,12 +16,14 @@ its view.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 import ipywidgets as w
 
 from bioimage_gateway.catalogs import Catalog, open_catalog
 from bioimage_gateway.catalogs.zarr import describe_image, open_image
+from bioimage_gateway.napari_desktop import napari_snippet
 
 from .data_browser import composite_rgb, encode_png
 
@@ -48,8 +50,9 @@ class ViewerModel:
     active: set[int] = field(default_factory=set)
 
     def __post_init__(self):
-        self.description = describe_image(self.catalog, self.url)
-        self.group = open_image(self.catalog, self.url)
+        documents: dict = {}  # the metadata read once, for both
+        self.description = describe_image(self.catalog, self.url, documents)
+        self.group = open_image(self.catalog, self.url, self.description.zarr_format, documents)
         self.names = [a["name"] for a in self.description.axes]
         shape = dict(zip(self.names, self.description.levels[0].shape))
         self.full = (shape.get("y", 1), shape.get("x", 1))
@@ -163,6 +166,12 @@ class Viewer(w.VBox):
             button.on_click(lambda _b, action=action: self._do(action))
             self.buttons[label] = button
         self.status = w.Label()
+        # napari on the session's desktop; the line it runs is shown below, to copy
+        self.napari_button = w.Button(description="Open in napari",
+                                      tooltip="Open this image in napari on the session's desktop")
+        self.napari_button.on_click(lambda _b: self.open_in_napari())
+        self.napari_line = w.HTML()
+        self.napari_viewer = None
         self.t_slider.observe(lambda ch: self._do(setattr, m, "t", ch["new"]), names="value")
         self.z_slider.observe(lambda ch: self._do(setattr, m, "z", ch["new"]), names="value")
         for i, toggle in enumerate(self.channel_toggles):
@@ -171,14 +180,25 @@ class Viewer(w.VBox):
             self.image,
             w.HBox([self.t_slider, self.z_slider]),
             w.HBox(self.channel_toggles),
-            w.HBox(list(self.buttons.values())),
+            w.HBox([*self.buttons.values(), self.napari_button]),
             self.status,
+            self.napari_line,
         ])
         self._redraw()
 
     def _do(self, action, *args) -> None:
         action(*args)
         self._redraw()
+
+    def open_in_napari(self) -> None:
+        """What "Open in napari" does: ``open_in_napari(url)`` (see widgets.napari)."""
+        from .napari import open_in_napari
+        line = f"<code>{html.escape(napari_snippet(self.model.url))}</code>"
+        try:
+            self.napari_viewer = open_in_napari(self.model.url)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            line += f"<div style='color:#b00'>napari: {html.escape(str(exc))}</div>"
+        self.napari_line.value = line
 
     def _redraw(self) -> None:
         self.image.value = self.model.png()
