@@ -60,11 +60,34 @@ def _int_list(text: str | None):
     return [int(v) if v.strip().isdigit() else v.strip() for v in text.split(",") if v.strip()]
 
 
+def _staging_errors() -> tuple[type[Exception], ...]:
+    """What staging commands report as one line on stderr (exit 1), not a traceback: their own
+    errors, the catalogs' (not found, refused, unreachable) and unusable site settings."""
+    from bioimage_gateway import staging
+    from bioimage_gateway.catalogs.base import CatalogError
+    from bioimage_gateway.settings import SettingsError
+
+    return staging.StagingError, CatalogError, SettingsError
+
+
 def cmd_stage(args) -> int:
+    try:
+        return _stage(args)
+    except _staging_errors() as exc:
+        print(f"bioimage-gateway stage: {exc}", file=sys.stderr)
+        return 1
+
+
+def _stage(args) -> int:
     from bioimage_gateway import staging
 
     if args.status:
+        if any(v is not None for v in (args.levels, args.channels, args.timepoints, args.dest)) or args.background:
+            print("bioimage-gateway stage: --status takes only an optional URL, key or path", file=sys.stderr)
+            return 2
         found = staging.status(args.url) if args.url else staging.status()
+        if not found:
+            print("nothing staged", file=sys.stderr)
         for doc in found if isinstance(found, list) else [found]:
             eta = doc.get("eta_s")
             rate = doc.get("rate_bytes_per_s")
@@ -77,13 +100,9 @@ def cmd_stage(args) -> int:
     if not args.url:
         print("bioimage-gateway stage: a URL is needed (or --status)", file=sys.stderr)
         return 2
-    try:
-        path = staging.stage(args.url, levels=_int_list(args.levels), channels=_int_list(args.channels),
-                             timepoints=args.timepoints, dest=args.dest, background=args.background,
-                             progress=sys.stderr.isatty())
-    except staging.StagingError as exc:
-        print(f"bioimage-gateway stage: {exc}", file=sys.stderr)
-        return 1
+    path = staging.stage(args.url, levels=_int_list(args.levels), channels=_int_list(args.channels),
+                         timepoints=args.timepoints, dest=args.dest, background=args.background,
+                         progress=sys.stderr.isatty())
     print(path)
     return 0
 
@@ -93,7 +112,7 @@ def cmd_evict(args) -> int:
 
     try:
         removed = staging.evict(args.target)
-    except staging.StagingError as exc:
+    except _staging_errors() as exc:
         print(f"bioimage-gateway evict: {exc}", file=sys.stderr)
         return 1
     for path in removed:
@@ -106,7 +125,7 @@ def cmd_publish(args) -> int:
 
     try:
         url = staging.publish(args.local, args.url, overwrite=args.overwrite)
-    except staging.StagingError as exc:
+    except _staging_errors() as exc:
         print(f"bioimage-gateway publish: {exc}", file=sys.stderr)
         return 1
     print(url)

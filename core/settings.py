@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .dask_settings import DaskSettings
+from .staging_settings import StagingSettings
 
 ENV_VAR = "BIOIMAGE_GATEWAY_CONFIG"
 DEFAULT_PATH = Path("/etc/bioimage-gateway/gateway.yaml")
@@ -309,6 +310,7 @@ class GatewaySettings(_Model):
     session: SessionSettings
     idle_culler: IdleCullerSettings = IdleCullerSettings()
     dask: DaskSettings = DaskSettings()
+    staging: StagingSettings = StagingSettings()
     catalogs: CatalogSettings = CatalogSettings()
 
     @model_validator(mode="after")

@@ -190,6 +190,10 @@ class GatewaySpawner(SlurmSpawner):
         if self.site.catalogs.omero_url:
             env["BIOIMAGE_GATEWAY_OMERO_URL"] = str(self.site.catalogs.omero_url)
         env["BIOIMAGE_GATEWAY_DASK_LIMITS"] = self.site.dask.limits_for(groups).model_dump_json()
+        # The staging section with {user} and {scratch_root} filled in (bioimage_gateway.staging).
+        env["BIOIMAGE_GATEWAY_STAGING"] = self.site.staging.for_user(
+            self.user.name, self.site.scratch_root
+        ).model_dump_json()
         env["DASK_DISTRIBUTED__DASHBOARD__LINK"] = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
         env["BIOIMAGE_GATEWAY_WALLTIME_WARNING_MINUTES"] = str(
             self.site.session.walltime_warning_minutes

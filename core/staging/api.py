@@ -1,9 +1,12 @@
 """``stage``, ``status``, ``evict``: the cache on scratch, its entries, locks and progress.
 
-Layout: the cache is ``<scratch>/bioimage-gateway/staging`` (mode 0700), ``<scratch>`` being
-``cache_dir=`` / ``$BIOIMAGE_GATEWAY_SCRATCH`` / the settings' ``scratch_root``/<user> (when
-``$BIOIMAGE_GATEWAY_CONFIG`` names a gateway.yaml) / ``~/scratch``. One entry per source URL and
-selection, ``<cache>/<key>/`` (``key``: a hash of both), holding
+Layout: the cache (mode 0700) is ``cache_dir=``, else the ``staging.cache_dir`` of the site's
+settings (``staging_settings``: what the spawner passed the session, or gateway.yaml), else
+``<scratch>/bioimage-gateway/staging``, ``<scratch>`` being ``$BIOIMAGE_GATEWAY_SCRATCH`` / the
+settings' ``scratch_root``/<user> (when ``$BIOIMAGE_GATEWAY_CONFIG`` names a gateway.yaml) /
+``~/scratch``. The same settings give the quota and the transfer options (parallelism, retries,
+ranges), which arguments override. One entry per source URL and selection, ``<cache>/<key>/``
+(``key``: a hash of both), holding
 
 * ``<name>``: the staged copy (``embryo.ome.zarr``, or a file's name);
 * ``.entry.json``: the URL and selection (written when the entry is made);
@@ -30,8 +33,10 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
+from ..staging_settings import StagingSettings, load_staging_settings, parse_size
 from .errors import InsufficientSpace, StagingError, VerificationFailed
 from .plan import Plan, normalise_selection, plan
 from .transfer import Fatal, Journal, Progress, Source, transfer, write_doc
@@ -44,8 +49,15 @@ LOCK = ".lock"
 JOB = ".job.json"
 LOG = ".log"
 
-DEFAULTS = dict(threads=16, retries=4, backoff=0.2, range_threshold=64 << 20, range_size=16 << 20,
-                range_threads=4, fsync="batch")
+OPTIONS = tuple(StagingSettings().transfer_options())  # threads, retries, backoff, range_*, fsync
+
+
+def _settings() -> StagingSettings:
+    from ..settings import SettingsError
+    try:
+        return load_staging_settings()
+    except SettingsError as exc:
+        raise StagingError(f"the staging settings cannot be used: {exc}") from None
 
 
 # --- where things go ---------------------------------------------------------------------------
@@ -65,8 +77,12 @@ def scratch_dir() -> Path:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    base = Path(cache_dir).expanduser() if cache_dir else scratch_dir() / "bioimage-gateway" / "staging"
-    return base
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    configured = _settings().cache_dir
+    if configured:
+        return Path(configured)
+    return scratch_dir() / "bioimage-gateway" / "staging"
 
 
 def _make_private_dir(path: Path) -> None:
@@ -88,17 +104,15 @@ def cache_key(url: str, selection: dict) -> str:
 
 
 def _quota(value) -> int | None:
-    if value is None:
-        value = os.environ.get("BIOIMAGE_GATEWAY_STAGING_QUOTA")
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    if value is None or value == "":
+        return _settings().quota
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise StagingError(f"quota: {exc}") from None
+    if not isinstance(size, int) or size < 1:
+        raise StagingError(f"quota: {value!r} is not a size (a number of bytes, or 500G, 2T...)")
+    return size
 
 
 def _read_json(path: Path) -> dict | None:
@@ -112,9 +126,13 @@ def _read_json(path: Path) -> dict | None:
 def _write_json(path: Path, doc: dict, mode: int = 0o600) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _activity_dir() -> Path:
@@ -191,8 +209,16 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _free_bytes(path: Path) -> int:
-    return shutil.disk_usage(_nearest_existing(path)).free
+def _free_bytes(path: Path) -> tuple[int, int]:
+    """Bytes free to this user where ``path`` will be, and the file system's block size."""
+    info = os.statvfs(_nearest_existing(path))
+    return info.f_bavail * info.f_frsize, info.f_frsize or 4096
+
+
+def _on_disk(sizes, block: int) -> int:
+    """What files of these sizes take on a file system of ``block``-byte blocks: each file whole
+    blocks (10 000 chunks of 450 bytes take 40 MB with 4 KiB blocks, not 4.5 MB)."""
+    return sum(-(-size // block) * block for size in sizes)
 
 
 def _open_source_catalog(url: str, credentials: dict, threads: int):
@@ -220,14 +246,15 @@ def stage(url: str | os.PathLike, levels=None, channels=None, timepoints=None, b
     transfer in a detached process (it survives the kernel) and returns the path at once;
     ``status(path)`` tells how far it is, ``wait(path)`` waits for it.
 
-    ``quota`` (bytes, or ``"50G"``; default ``$BIOIMAGE_GATEWAY_STAGING_QUOTA``) bounds the
-    cache: least recently used complete entries are evicted to make room. Other keyword
-    arguments are the catalog's credentials (``host``, ``port``, ``user``, ``zone``,
-    ``password``, ``auth``...) or transfer options (``threads``, ``retries``, ``backoff``,
-    ``range_threshold``, ``range_size``, ``fsync``)."""
+    ``quota`` (bytes, or ``"50G"``; default the site's ``staging.quota``) bounds the cache:
+    least recently used complete entries are evicted to make room. Other keyword arguments
+    are the catalog's credentials (``host``, ``port``, ``user``, ``zone``, ``password``,
+    ``auth``...) or transfer options (``threads``, ``retries``, ``backoff``,
+    ``range_threshold``, ``range_size``, ``range_threads``, ``fsync``; defaults from the site's
+    ``staging:`` settings)."""
     url = canonical_url(url)
     selection = normalise_selection(levels, channels, timepoints, bbox)
-    settings = {k: options.pop(k) for k in list(options) if k in DEFAULTS}
+    settings = {k: options.pop(k) for k in list(options) if k in OPTIONS}
     credentials = options
     key = cache_key(url, selection)
     in_cache = dest is None
@@ -312,7 +339,7 @@ def run_job(job_file: str | os.PathLike) -> Path:
 
 def _stage_here(url, selection, entry: Path, key, in_cache, cache_dir, quota, credentials, settings, *,
                 catalog=None, show=False) -> Path:
-    opts = {**DEFAULTS, **settings}
+    opts = {**_settings().transfer_options(), **settings}
     own_catalog = catalog is None
     if own_catalog:
         catalog = _open_source_catalog(url, credentials, opts["threads"])
@@ -338,6 +365,8 @@ def _stage_here(url, selection, entry: Path, key, in_cache, cache_dir, quota, cr
 
 
 def _check_space(the_plan: Plan, entry: Path, journal_done: dict, in_cache: bool, cache_dir, quota) -> None:
+    """The quota (bytes of data) and the free space (blocks the files will take, and a block per
+    folder) are checked before anything is written; the error names the sizes."""
     verified = sum(r.get("size", 0) for r in journal_done.values())
     needed = max(0, the_plan.total_bytes - verified)
     limit = _quota(quota) if in_cache else None
@@ -348,12 +377,17 @@ def _check_space(the_plan: Plan, entry: Path, journal_done: dict, in_cache: bool
                 f"cache quota of {limit} bytes; select less (levels, channels, timepoints) or raise the quota",
                 the_plan.total_bytes, limit)
         _evict_for(entry.parent, needed, limit, keep=entry)
-    free = _free_bytes(entry)
-    if needed > free:
+    free, block = _free_bytes(entry)
+    left = [i for i in the_plan.items if i.key not in journal_done] if journal_done else the_plan.items
+    folders = {i.key.rpartition("/")[0] for i in left}
+    on_disk = (_on_disk((i.size or 0 for i in left), block) + _on_disk(map(len, the_plan.docs.values()), block)
+               + block * (len(folders) + 4))  # + the entry's own files (journal, status, manifest, lock)
+    if on_disk > free:
         raise InsufficientSpace(
-            f"staging {the_plan.url} needs {needed} bytes but {_nearest_existing(entry)} has only {free} "
-            f"bytes free; free space, select less (levels, channels, timepoints) or stage elsewhere (dest=)",
-            needed, free)
+            f"staging {the_plan.url} needs {on_disk} bytes on disk ({len(left)} objects, {needed} bytes of "
+            f"data, in {block}-byte blocks) but {_nearest_existing(entry)} has only {free} bytes free; free "
+            f"space, select less (levels, channels, timepoints) or stage elsewhere (dest=)",
+            on_disk, free)
 
 
 def _evict_for(root: Path, needed: int, limit: int, keep: Path) -> None:
@@ -392,7 +426,15 @@ class _Reporter:
     def write(self, state: str, **extra) -> dict:
         doc = {**self.base, "state": state, "pid": os.getpid(), "updated": time.time(),
                **self.progress.snapshot(), **extra}
-        _write_json(self.entry / STATUS, doc)
+        try:
+            _write_json(self.entry / STATUS, doc)
+        except OSError:  # the disk is full: no room for a new file, perhaps for the same one rewritten
+            try:
+                fd = os.open(self.entry / STATUS, os.O_WRONLY | os.O_TRUNC)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(doc, f, default=str)
+            except OSError:
+                pass  # status() then reports the run by its process: gone means interrupted
         return doc
 
     def _loop(self):
@@ -472,19 +514,24 @@ def _transfer_locked(catalog, the_plan: Plan, url, selection, entry: Path, key, 
                            f"staging again resumes.")
                 reporter.write("failed", error=message, failures=len(failures))
                 raise VerificationFailed(message, failures)
-            for doc_key, content in the_plan.docs.items():
-                write_doc(root / doc_key, content)
             manifest = {
                 "complete": True, "key": key, "url": url, "selection": selection,
                 "resolved": the_plan.selection, "kind": the_plan.kind, "name": the_plan.name,
                 "path": str(data), "objects": len(the_plan.items), "bytes": the_plan.total_bytes,
                 "levels": the_plan.levels, "completed": datetime.now(timezone.utc).isoformat(),
-                "software": _software(),
+                "software": dict(_software()),
             }
-            if journal is not None:
-                journal.close()
-                journal = None
-            _write_json(entry / MANIFEST, manifest)
+            try:
+                for doc_key, content in the_plan.docs.items():
+                    write_doc(root / doc_key, content)
+                if journal is not None:
+                    journal.close()
+                    journal = None
+                _write_json(entry / MANIFEST, manifest)
+            except OSError as exc:  # the disk full at the very end: every object is kept, resume
+                reporter.write("failed", error=f"writing the metadata of {data}: {exc}")
+                raise StagingError(f"staging {url}: writing the metadata of {data} failed ({exc}); the "
+                                   f"verified objects are kept, staging again resumes") from None
             _fsync_dir(entry)
             reporter.write("complete")
     finally:
@@ -521,6 +568,7 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+@lru_cache(maxsize=1)  # the installed versions do not change while a process runs; reading them is slow
 def _software() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": sys.version.split()[0]}

@@ -17,28 +17,35 @@
 
 Fast paths for many small objects (measured on 10 000 chunks of ~450 bytes; what cost was the
 journal's fsync blocking every worker, a rename and a lock per object, one requests call per
-object, and GIL contention among 16 threads copying local files):
+object, GIL contention among 16 threads copying local files, and Python's work per object):
 
 * Small objects go to a worker in groups: a whole leaf folder that does not exist yet, or
   ``BATCH`` objects. A new leaf folder is filled under ``<folder>.part-<pid>`` and renamed into
   place once every object in it is verified (one rename per folder); if any object in it fails,
   the verified ones are renamed into place one by one and kept. A killed run leaves only
-  ``.part-`` files and folders, which the next run removes. Journal lines of a group are written
-  together after its rename (a kill in between only means those objects are fetched again).
+  ``.part-`` files and folders, which the next run removes. A folder's objects are recorded in
+  the journal in one record after its rename (a kill in between only means those objects are
+  fetched again).
+* A folder filled whole is written by a tight loop (``_copy_local_files`` from the file system,
+  ``_store_bodies`` from pipelined GETs): per object the fewest system calls and Python steps
+  that still verify it; whatever that loop cannot take (an error, a size that differs, a digest
+  to compare) goes the ordinary way, object by object, with retries and error messages.
 * HTTP: a group is fetched by pipelined GETs on one keep-alive connection per worker
-  (``_Pipeline``); each body is hashed and checked (size, and the server's digest when it
-  states one) exactly as on the ordinary path, which takes over anything the pipeline could
-  not bring (errors, retries).
+  (``http_pipeline.Pipeline``); each body is checked (its size against the listing's and the
+  ``Content-Length``, and the server's digest when it states one) as on the ordinary path.
 * POSIX: one pass, read + hash + write, with at most ``POSIX_THREADS`` threads. There is no
   checksum stored at the source, so "verified" means: the bytes written are the bytes read
   (every ``write`` complete, size equal to the listing's), the file did not change while it was
   read (``fstat`` size and mtime before and after), and the journal records the SHA-256 of those
   bytes. Hashing the source a second time, as before, only compared the page cache with itself.
+* A full disk (``ENOSPC``/``EDQUOT``, also when a client library wraps it) stops every worker:
+  nothing is retried, the partial files go, the dataset is not marked complete.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import hashlib
 import io
@@ -53,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalogs.base import CatalogError, CatalogUnavailable
+from .http_pipeline import Pipeline, Response, pipelinable, request_target
 from .plan import Item
 
 BLOCK = 1 << 20
@@ -70,7 +78,9 @@ def sha2(digest: bytes) -> str:
 # --- the journal -------------------------------------------------------------------------------
 
 class Journal:
-    """Append-only JSON lines, one per verified object: ``{"key", "size", "sha2"}``.
+    """Append-only JSON lines: one per verified object, ``{"key", "size", "sha2"}``, or one per
+    folder filled whole, ``{"dir": folder, "objects": [[name, size, sha2], ...]}`` (one record
+    written after the folder's rename instead of one line per object).
 
     A line is written (``os.write`` on an ``O_APPEND`` descriptor) as soon as the object is
     renamed into place, so it survives the process being killed (even ``kill -9``); it is made
@@ -102,8 +112,14 @@ class Journal:
                         record = json.loads(line)
                     except ValueError:
                         continue
-                    if isinstance(record, dict) and "key" in record:
+                    if not isinstance(record, dict):
+                        continue
+                    if "key" in record:
                         out[record["key"]] = record
+                    elif isinstance(record.get("dir"), str) and isinstance(record.get("objects"), list):
+                        prefix = record["dir"] + "/" if record["dir"] else ""
+                        for name, size, checksum in record["objects"]:
+                            out[prefix + name] = {"key": prefix + name, "size": size, "sha2": checksum}
         except FileNotFoundError:
             pass
         return out
@@ -112,6 +128,10 @@ class Journal:
     def line(key: str, size: int, checksum: str) -> bytes:
         # what json.dumps({"key": key, "size": size, "sha2": checksum}) gives, with less work
         return f'{{"key": {json.dumps(key)}, "size": {int(size)}, "sha2": {json.dumps(checksum)}}}\n'.encode()
+
+    @staticmethod
+    def folder_line(folder: str, objects: list[tuple[str, int, str]]) -> bytes:
+        return (json.dumps({"dir": folder, "objects": objects}, separators=(",", ":")) + "\n").encode()
 
     def record(self, key: str, size: int, checksum: str) -> None:
         self.write(self.line(key, size, checksum))
@@ -139,11 +159,19 @@ class Journal:
             os.fsync(self.fd)
 
     def close(self):
+        if self.fd is None:
+            return
         self.closed.set()
         if self.thread:
             self.thread.join()
-        self._sync()
-        os.close(self.fd)
+        fd, self.fd = self.fd, None
+        try:
+            with self.lock:
+                dirty = self.dirty
+            if dirty:  # "each" synced every line already
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --- progress ----------------------------------------------------------------------------------
@@ -241,17 +269,17 @@ class Source:
         raw = self._irods_open(item)
         ok = False
         try:
-            with _translated(item.url):
-                while item.size is None or n < item.size:
-                    want = BLOCK if item.size is None else min(BLOCK, item.size - n)
-                    buf = bytearray(want)
+            while item.size is None or n < item.size:
+                want = BLOCK if item.size is None else min(BLOCK, item.size - n)
+                buf = bytearray(want)
+                with _translated(item.url):  # iRODS errors only: a full disk below stays an OSError
                     got = raw.readinto(buf)
-                    if not got:
-                        break
-                    data = bytes(buf[:got]) if got < want else bytes(buf)
-                    h.update(data)
-                    _write_all(fd, data)
-                    n += got
+                if not got:
+                    break
+                data = bytes(buf[:got]) if got < want else bytes(buf)
+                h.update(data)
+                _write_all(fd, data)
+                n += got
             ok = True
         finally:
             _close_raw(raw, item.url, ok)
@@ -263,12 +291,18 @@ class Source:
         h = hashlib.sha256()
         n = 0
         try:
-            for data in response.iter_content(BLOCK):
+            chunks = response.iter_content(BLOCK)
+            while True:
+                try:
+                    data = next(chunks)
+                except StopIteration:
+                    break
+                except Exception as exc:  # requests' ChunkedEncodingError, ConnectionError...
+                    raise CatalogUnavailable(f"the connection broke while reading {item.url}: {exc}",
+                                             item.url) from exc
                 h.update(data)
-                _write_all(fd, data)
+                _write_all(fd, data)  # a full disk stays an OSError (ENOSPC): it stops the transfer
                 n += len(data)
-        except Exception as exc:  # requests' ChunkedEncodingError, ConnectionError...
-            raise CatalogUnavailable(f"the connection broke while reading {item.url}: {exc}", item.url) from exc
         finally:
             response.close()
         length = response.headers.get("Content-Length")
@@ -372,6 +406,72 @@ class Source:
             return None
 
 
+def _copy_local_files(group: list[Item], prefix: int, part_dir: str, done: list, progress: Progress,
+                      stop: threading.Event) -> list:
+    """Copy small local files into the folder ``part_dir`` (a new one, renamed into place by the
+    caller once everything in it is verified), with as little work per file as Python allows:
+    many thousand chunk files of a few hundred bytes are common, and there the time goes in
+    system calls and interpreter overhead, not bytes.
+
+    Each file: open, ``fstat``, one ``read`` of one byte more than its size, ``fstat``, close;
+    create the copy, one ``write``, close; SHA-256 of the bytes. Verified, as ``Source._posix``
+    does it: the size is the listing's and the same before and after the read, the modification
+    time did not change while it was read, the read returned exactly that many bytes (so the file
+    ended there) and the ``write`` took them all. ``(item, size, sha2)`` of each verified file
+    is appended to ``done``. Returns ``(item, None)`` for every file this path did not take (a
+    different size, a file that changed, an error): the ordinary path fetches those, with its
+    retries and error messages. An error writing the copy (the disk full) is raised."""
+    left = []
+    sha256, b64 = hashlib.sha256, binascii.b2a_base64  # base64.b64encode without its Python frame
+    open_, read, write, close, fstat = os.open, os.read, os.write, os.close, os.fstat
+    reading = os.O_RDONLY | os.O_CLOEXEC
+    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    count = nbytes = 0
+    for item in group:
+        size = item.size
+        try:
+            src = open_(item.url, reading)
+        except OSError:
+            left.append((item, None))
+            continue
+        try:
+            before = fstat(src)
+            data = read(src, size + 1) if before.st_size == size else None
+            after = fstat(src)
+        except OSError:
+            data = None
+        finally:
+            close(src)
+        if (data is None or len(data) != size or after.st_size != size
+                or after.st_mtime_ns != before.st_mtime_ns):
+            left.append((item, None))
+            continue
+        dst = open_(part_dir + item.key[prefix:], writing, 0o600)
+        try:
+            written = write(dst, data)
+        finally:
+            close(dst)
+        if written != size:
+            left.append((item, None))
+            continue
+        done.append((item, size, "sha2:" + b64(sha256(data).digest(), newline=False).decode()))
+        count += 1
+        nbytes += size
+        if count == 256:  # progress, and a stop asked by another worker, every few hundred files
+            with progress.lock:
+                progress.objects_done += count
+                progress.fetched += count
+                progress.bytes_done += nbytes
+            count = nbytes = 0
+            if stop.is_set():
+                break
+    with progress.lock:
+        progress.objects_done += count
+        progress.fetched += count
+        progress.bytes_done += nbytes
+    return left
+
+
 def _close_raw(raw, url: str, ok: bool) -> None:
     """Close an iRODS descriptor; after a failure the connection is dropped, not pooled."""
     from ..catalogs.irods import _translated
@@ -406,146 +506,63 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-# --- HTTP: pipelined GETs on one keep-alive connection per worker ------------------------------
-
-class _Pipeline:
-    """A batch of small GETs sent at once on one HTTP/1.1 keep-alive connection (pipelining) and
-    the responses read in order: one round trip per batch instead of one per object, and none of
-    requests' per-request work. Only plain ``http://`` without proxies or session auth takes this
-    path; any response that is not a plain 200 with a ``Content-Length`` (or the connection
-    closing, or any error) leaves the rest of the batch to the ordinary path (requests, with its
-    error handling and retries)."""
-
-    def __init__(self, catalog, netloc: str):
-        self.catalog = catalog
-        self.host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "80")
-        self.port = int(port or 80)
-        self.netloc = netloc
-        self.sock = None
-        self.reader = None
-        extra = {k: v for k, v in catalog.session.headers.items()
-                 if k.lower() not in ("accept-encoding", "connection", "host")}
-        extra["Accept-Encoding"] = "identity"
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-
-    def close(self):
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = self.reader = None
-
-    def _connect(self):
-        import socket
-        self.sock = socket.create_connection((self.host, self.port), timeout=self.catalog.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = self.sock.makefile("rb", buffering=1 << 16)
-
-    def get_many(self, paths: list[str]) -> list:
-        """(headers, body) per path, None where it must go the ordinary way."""
-        out: list = [None] * len(paths)
-        i = 0
-        for _ in range(3):  # a connection the server closed (keepalive_requests) is opened again
-            if i >= len(paths):
-                break
-            fresh = self.sock is None
-            try:
-                if fresh:
-                    self._connect()
-                request = "".join(f"GET {p} HTTP/1.1\r\nHost: {self.netloc}\r\n{self.extra}\r\n"
-                                  for p in paths[i:])
-                self.sock.sendall(request.encode("latin-1"))
-                progressed = False
-                while i < len(paths):
-                    got = self._response()
-                    if got is None:
-                        break
-                    ok, headers, body, closing = got
-                    if ok:
-                        out[i] = (headers, body)
-                    i += 1
-                    progressed = True
-                    if closing:
-                        break
-                if i < len(paths):
-                    self.close()
-                if not progressed and fresh:
-                    break
-            except ValueError:  # not a response this parser follows: the ordinary path
-                self.close()
-                break
-            except OSError:  # a kept-alive connection the server dropped: once more, afresh
-                self.close()
-                if fresh:
-                    break
-        return out
-
-    def _response(self):
-        status = self.reader.readline(65537)
-        if not status:
-            return None
-        parts = status.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ValueError("not an HTTP response")
-        code = int(parts[1])
-        headers = {}
-        while True:
-            line = self.reader.readline(65537)
-            if line in (b"\r\n", b"\n"):
-                break
-            if not line:
-                raise ValueError("the connection closed in the headers")
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = headers.get("content-length")
-        if length is None or not length.isdigit() or "transfer-encoding" in headers:
-            raise ValueError("no Content-Length")  # cannot find the next response: give up
-        body = self.reader.read(int(length))
-        if len(body) != int(length):
-            raise ValueError("short body")
-        closing = headers.get("connection", "").lower() == "close" or parts[0] == b"HTTP/1.0"
-        return code == 200, headers, body, closing
-
-
-def _http_pipelinable(catalog, items: list[Item]):
-    """The connection's ``host:port`` when ``items`` can be pipelined, else None."""
-    from urllib.parse import urlsplit
-    if catalog.session.auth is not None or not items:
-        return None
-    netloc = None
-    for item in items:
-        if item.size is None or item.size > SMALL or not item.url.startswith("http://"):
-            return None
-        parts = urlsplit(item.url)
-        if netloc is None:
-            netloc = parts.netloc
-        elif parts.netloc != netloc:
-            return None
-    if "@" in netloc:
-        return None
-    try:
-        import requests.utils
-        if catalog.session.trust_env and requests.utils.get_environ_proxies(items[0].url):
-            return None
-    except Exception:
-        return None
-    return netloc
-
+# --- HTTP: what pipelined GETs brought (``http_pipeline``) -------------------------------------
 
 class _Prefetched:
     """What a pipelined GET brought: written, hashed and checked as ``Source._http`` would."""
 
-    def __init__(self, headers: dict, body: bytes):
-        self.headers, self.body = headers, body
+    def __init__(self, response: Response):
+        self.response = response
 
     def write(self, item: Item, fd: int):
         from requests.structures import CaseInsensitiveDict
 
         from ..catalogs.http import digest_sha2
-        _write_all(fd, self.body)
-        return (len(self.body), sha2(hashlib.sha256(self.body).digest()),
-                item.checksum or digest_sha2(CaseInsensitiveDict(self.headers)))
+        body = self.response.body
+        _write_all(fd, body)
+        stated = digest_sha2(CaseInsensitiveDict(self.response.headers())) if self.response.states_digest() else None
+        return len(body), sha2(hashlib.sha256(body).digest()), item.checksum or stated
+
+
+def _store_bodies(fetched: list, prefix: int, part_dir: str, done: list, progress: Progress,
+                  stop: threading.Event) -> list:
+    """``_copy_local_files`` for bodies that pipelined GETs brought: each one whose size is the
+    listing's (and the ``Content-Length``, which the pipeline read it by) and whose response
+    states no digest of its own is written to a new file in ``part_dir`` with one ``write``
+    and recorded in ``done`` with its SHA-256. The rest (no body, another size, a digest to
+    compare) is returned for the ordinary path, which checks them as ``Source._http`` does."""
+    left = []
+    sha256, b64 = hashlib.sha256, binascii.b2a_base64  # base64.b64encode without its Python frame
+    open_, write, close = os.open, os.write, os.close
+    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    count = nbytes = 0
+    for item, response in fetched:
+        if response is None or len(response.body) != item.size or item.checksum or response.states_digest():
+            left.append((item, response))
+            continue
+        body = response.body
+        dst = open_(part_dir + item.key[prefix:], writing, 0o600)
+        try:
+            written = write(dst, body)
+        finally:
+            close(dst)
+        if written != len(body):
+            left.append((item, None))
+            continue
+        done.append((item, written, "sha2:" + b64(sha256(body).digest(), newline=False).decode()))
+        count += 1
+        nbytes += written
+        if count == 256:
+            with progress.lock:
+                progress.objects_done += count
+                progress.bytes_done += nbytes
+            count = nbytes = 0
+            if stop.is_set():
+                break
+    with progress.lock:
+        progress.objects_done += count
+        progress.bytes_done += nbytes
+    return left
 
 
 # --- the transfer ------------------------------------------------------------------------------
@@ -573,7 +590,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
     """Fetch ``items`` into ``root`` (keys relative to it); returns failures (URL -> reason).
 
     Small objects go to the workers in batches (fewer hand-offs between threads); over HTTP a
-    batch is fetched with pipelined GETs on the worker's own connection (``_Pipeline``), then
+    batch is fetched with pipelined GETs on the worker's own connection (``http_pipeline.Pipeline``), then
     each object is written, verified and renamed one by one exactly as on the ordinary path,
     which also takes over any object the pipeline could not bring, and every retry."""
     items = list(items)
@@ -584,7 +601,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
     fatal: list[BaseException] = []
     pid = os.getpid()
     local = threading.local()
-    pipelines: list[_Pipeline] = []
+    pipelines: list[Pipeline] = []
     pipelines_lock = threading.Lock()
 
     # Leaf folders that do not exist yet and hold only small objects are filled under a temporary
@@ -620,8 +637,8 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
     def one(item: Item, prefetched: _Prefetched | None = None, lines: list | None = None,
             direct: str | None = None):
         """Fetch, verify and put one object in place; ``direct``: the path to write in a folder
-        that is renamed into place later (no rename of its own). Verified: ``(item, line)``
-        appended to ``lines`` (or the line recorded at once when ``lines`` is None)."""
+        that is renamed into place later (no rename of its own). Verified: ``(item, size, sha2)``
+        appended to ``lines`` (or recorded in the journal at once when ``lines`` is None)."""
         if stop.is_set():
             return
         if direct is not None:
@@ -661,36 +678,27 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 if lines is None:
                     journal.record(item.key, n, got)
                 else:  # written for the whole batch at once (a kill before: fetched again)
-                    lines.append((item, Journal.line(item.key, n, got)))
+                    lines.append((item, n, got))
                 with progress.lock:
                     progress.objects_done += 1
                     progress.bytes_done += n
                 if on_verified:
                     on_verified(item)
                 return
-            except OSError as exc:
+            except Exception as exc:
                 _remove(tmp)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final}: {exc}"))
+                full = _disk_full(exc)
+                if full is not None:
+                    fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final}: {full}"))
                     stop.set()
                     return
-                if isinstance(exc, CatalogError) and not isinstance(exc, CatalogUnavailable):
+                if isinstance(exc, (Mismatch, CatalogUnavailable)):
+                    last = str(exc)
+                elif isinstance(exc, CatalogError):  # NotFound, PermissionDenied...: retrying will not help
                     last = str(exc)
                     break
-                last = f"{type(exc).__name__}: {exc}"
-            except Mismatch as exc:
-                _remove(tmp)
-                last = str(exc)
-            except CatalogUnavailable as exc:
-                _remove(tmp)
-                last = str(exc)
-            except CatalogError as exc:  # NotFound, PermissionDenied...: retrying will not help
-                _remove(tmp)
-                last = str(exc)
-                break
-            except Exception as exc:  # a client library's own error: treat as transient
-                _remove(tmp)
-                last = f"{type(exc).__name__}: {exc}"
+                else:  # an OSError, a client library's own error: treat as transient
+                    last = f"{type(exc).__name__}: {exc}"
             if attempt < retries:
                 with progress.lock:
                     progress.retries += 1
@@ -702,21 +710,19 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
         fetched: list = [None] * len(group)
         if source.kind != "HttpCatalog" or len(group) < 2:
             return fetched
-        netloc = _http_pipelinable(source.catalog, group)
+        if any(item.size is None or item.size > SMALL for item in group):
+            return fetched
+        netloc = pipelinable(source.catalog, (item.url for item in group))
         if netloc is None:
             return fetched
         pipe = getattr(local, "pipe", None)
         if pipe is None or pipe.netloc != netloc:
             if pipe is not None:
                 pipe.close()
-            pipe = local.pipe = _Pipeline(source.catalog, netloc)
+            pipe = local.pipe = Pipeline(source.catalog, netloc)
             with pipelines_lock:
                 pipelines.append(pipe)
-        from urllib.parse import urlsplit
-        paths = []
-        for item in group:
-            parts = urlsplit(item.url)
-            paths.append((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        paths = [request_target(item.url) for item in group]
         fetched = []
         for start in range(0, len(paths), BATCH):  # bounded: neither side blocks on full buffers
             fetched.extend(pipe.get_many(paths[start:start + BATCH]))
@@ -732,14 +738,14 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
         lines: list = []
         try:
             for item, got in zip(group, fetched):
-                one(item, None if got is None else _Prefetched(*got), lines)
+                one(item, None if got is None else _Prefetched(got), lines)
                 if lines and time.monotonic() - started > 0.25:  # a slow batch: record as it goes
-                    journal.write(b"".join(line for _, line in lines))
+                    journal.write(b"".join(Journal.line(i.key, n, got) for i, n, got in lines))
                     lines.clear()
                     started = time.monotonic()
         finally:
             if lines:
-                journal.write(b"".join(line for _, line in lines))
+                journal.write(b"".join(Journal.line(i.key, n, got) for i, n, got in lines))
 
     def folder_whole(folder: str, group: list[Item]):
         if stop.is_set():
@@ -759,11 +765,19 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             os.makedirs(final_dir, exist_ok=True)  # the ordinary way, one object at a time
             return batch(group)
         done: list = []
+        prefix = len(folder) + 1
         try:
-            fetched = prefetch(group)
-            for item, got in zip(group, fetched):
-                one(item, None if got is None else _Prefetched(*got), done,
-                    direct=os.path.join(part_dir, os.path.basename(item.key)))
+            # The fast paths first; what they leave takes the ordinary one.
+            if source.kind == "PosixCatalog":
+                fetched = _copy_local_files(group, prefix, part_dir + "/", done, progress, stop)
+            elif source.kind == "HttpCatalog":
+                fetched = _store_bodies(list(zip(group, prefetch(group))), prefix, part_dir + "/", done,
+                                        progress, stop)
+            else:
+                fetched = zip(group, prefetch(group))
+            for item, got in fetched:
+                one(item, None if got is None else _Prefetched(got), done,
+                    direct=os.path.join(part_dir, item.key[prefix:]))
             if stop.is_set():
                 done = []
                 return
@@ -772,15 +786,14 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 part_dir = None
             else:  # some failed: the verified ones go into place one by one, and are kept
                 os.makedirs(final_dir, exist_ok=True)
-                for item, _ in done:
-                    os.rename(os.path.join(part_dir, os.path.basename(item.key)),
-                              os.path.join(root_text, item.key))
+                for item, _, _ in done:
+                    os.rename(os.path.join(part_dir, item.key[prefix:]), os.path.join(root_text, item.key))
         except OSError as exc:
             for item in group:
                 failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
             with progress.lock:
                 progress.objects_done -= len(done)
-                progress.bytes_done -= sum(i.size or 0 for i, _ in done)
+                progress.bytes_done -= sum(n for _, n, _ in done)
             done = []
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
@@ -790,12 +803,24 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 import shutil
                 shutil.rmtree(part_dir, ignore_errors=True)
             if done:
-                journal.write(b"".join(line for _, line in done))
+                journal.write(Journal.folder_line(folder, [(i.key[prefix:], n, got) for i, n, got in done]))
+
+    def guarded(work: Callable, group: list[Item], *args):
+        """A worker's task; an error outside any one object's handling (the journal's disk full)
+        stops the transfer (ENOSPC) or fails the group's objects, never the whole pool silently."""
+        try:
+            work(*args, group)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fatal.append(Fatal(f"the disk is full (or the quota reached) while writing under {root}: {exc}"))
+                stop.set()
+            for item in group:
+                failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
 
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage") as pool:
-            futures = [pool.submit(folder_whole, folder, group) for folder, group in whole.items()]
-            futures += [pool.submit(batch, group) for group in _batches(singles)]
+            futures = [pool.submit(guarded, folder_whole, group, folder) for folder, group in whole.items()]
+            futures += [pool.submit(guarded, batch, group) for group in _batches(singles)]
             for future in futures:
                 future.result()
     finally:
@@ -804,6 +829,17 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
     if fatal:
         raise fatal[0]
     return failures
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``exc`` (itself, or what a client library wrapped), if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _remove(path: Path) -> None:
@@ -817,9 +853,13 @@ def write_doc(path: Path, data: bytes) -> None:
     """A small file written under a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".part-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = ["Journal", "Progress", "Source", "transfer", "write_doc", "io"]

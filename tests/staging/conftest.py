@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,11 @@ def site():
         (root / "plain" / "notes.txt").write_text("run 3\n")
         (root / "plain" / "sub").mkdir()
         (root / "plain" / "sub" / "table.csv").write_bytes(os.urandom(5000))
+        # The test nginx lists /html/ (an alias of study1/) as HTML, not JSON; /html itself (a
+        # stage's address, without its slash) is redirected there because html/ exists.
+        (root / "study1").mkdir()
+        (root / "study1" / "cells.txt").write_text("cells\n")
+        (root / "html").mkdir()
         for folder, _, files in os.walk(root):
             os.chmod(folder, 0o755)
             for name in files:
@@ -74,8 +80,69 @@ def scratch(monkeypatch):
     monkeypatch.setenv("BIOIMAGE_GATEWAY_SCRATCH", str(root / "scratch"))
     monkeypatch.setenv("BIOIMAGE_GATEWAY_ACTIVE_DIR", str(root / "active"))
     monkeypatch.setenv("BIOIMAGE_GATEWAY_ACTIVITY_INTERVAL", "1")
-    monkeypatch.delenv("BIOIMAGE_GATEWAY_STAGING_QUOTA", raising=False)
+    monkeypatch.delenv("BIOIMAGE_GATEWAY_STAGING", raising=False)  # the site's defaults, no quota
+    monkeypatch.delenv("BIOIMAGE_GATEWAY_CONFIG", raising=False)
     try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def small_scratch(scratch, monkeypatch):
+    """Scratch on a real, small file system: ``small_scratch("256k")`` mounts a tmpfs of that size
+    (as root) and makes it the test's scratch; unmounted after the test. The returned object's
+    ``fill()`` takes every byte left (another user's job filling the disk), ``release()`` gives
+    them back."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the tests run as root in make test)")
+    mounted = []
+
+    def mount(size: str) -> SmallFileSystem:
+        mount_point = scratch / f"small-{len(mounted)}"
+        mount_point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "gw-small-scratch",
+                        str(mount_point)], check=True, capture_output=True, text=True)
+        mounted.append(mount_point)
+        monkeypatch.setenv("BIOIMAGE_GATEWAY_SCRATCH", str(mount_point / "scratch"))
+        return SmallFileSystem(mount_point)
+
+    try:
+        yield mount
+    finally:
+        for mount_point in mounted:
+            done = subprocess.run(["umount", str(mount_point)], capture_output=True, text=True)
+            if done.returncode != 0:  # still busy (a process the test could not stop): detach it
+                subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+class SmallFileSystem:
+    def __init__(self, root: Path):
+        self.root = root
+        self.filler = root / "filler"
+
+    def free(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def listing(self) -> dict[str, int]:
+        """Every file and folder under the mount, with file sizes."""
+        out = {}
+        for folder, dirs, files in os.walk(self.root):
+            for name in dirs:
+                out[os.path.relpath(os.path.join(folder, name), self.root) + "/"] = 0
+            for name in files:
+                path = os.path.join(folder, name)
+                out[os.path.relpath(path, self.root)] = os.lstat(path).st_size
+        return out
+
+    def fill(self) -> None:
+        with open(self.filler, "ab", buffering=0) as f:
+            for block in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * block)
+                except OSError:
+                    continue
+
+    def release(self) -> None:
+        self.filler.unlink()

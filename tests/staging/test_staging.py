@@ -1,5 +1,6 @@
 """Staging against real clients and servers: the iRODS stand-in (python-irodsclient), Debian's
-nginx (HTTP), the local file system; copies checked with ome-zarr's own reader and numpy."""
+nginx (HTTP), the local file system; copies checked with ome-zarr's own reader, ome-zarr-models,
+napari-ome-zarr's reader and numpy."""
 
 from __future__ import annotations
 
@@ -15,32 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from staging_support import IMAGE, IMAGE_DIR, ZONE, opens
+from staging_support import (IMAGE, IMAGE_DIR, ZONE, journal_keys, opens, read_with_napari_ome_zarr,
+                             read_with_ome_zarr, source_attrs, source_levels, staged_files)
 
 from bioimage_gateway import staging
-from bioimage_gateway.devstack.processes import alive
 
 SELECTION = dict(levels=[0, 2], channels=["membrane"], timepoints="1:3")
-
-
-def read_with_ome_zarr(path: Path) -> tuple[dict, list[np.ndarray]]:
-    """The image as ome-zarr's reader sees it: its metadata and one numpy array per level."""
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
-    location = parse_url(str(path))
-    assert location is not None, f"ome-zarr does not recognise {path}"
-    node = list(Reader(location)())[0]
-    return node.metadata, [np.asarray(level) for level in node.data]
-
-
-def source_levels(site: Path) -> list[np.ndarray]:
-    group = zarr.open_group(str(site / IMAGE_DIR), mode="r")
-    return [group[f"s{i}"][:] for i in range(IMAGE["levels"])]
-
-
-def staged_files(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
 
 
 def test_stage_selection_from_irods_is_a_valid_ome_zarr_equal_to_the_source_selection(irods, site, scratch):
@@ -65,6 +46,19 @@ def test_stage_selection_from_irods_is_a_valid_ome_zarr_equal_to_the_source_sele
     # an independent validator agrees
     from ome_zarr_models.v04 import Image
     Image.from_zarr(zarr.open_group(str(path), mode="r"))
+    # and napari-ome-zarr gives napari one layer per staged channel, with the source's data, name,
+    # colour, contrast window and pixel size (it reads the first level's scale, not translations)
+    (data, meta, kind), = read_with_napari_ome_zarr(path)
+    attrs = source_attrs(site)
+    membrane = attrs["omero"]["channels"][1]
+    assert kind == "image" and meta["channel_axis"] == 1
+    assert [d.shape for d in data] == [levels[0].shape, levels[1].shape]
+    assert np.array_equal(data[0], source[0][1:3, 1:2]) and np.array_equal(data[1], source[2][1:3, 1:2])
+    assert meta["name"] == [f"{IMAGE['name']}: membrane"]
+    assert meta["colormap"][0].colors[-1].tolist() == [int(membrane["color"][i:i + 2], 16) / 255
+                                                       for i in (0, 2, 4)] + [1.0]
+    assert meta["contrast_limits"] == [[membrane["window"]["start"], membrane["window"]["end"]]]
+    assert meta["scale"] == [1.0, *IMAGE["pixel_size_um"]]  # t, z, y, x: the channel axis is split off
     # the cache is private and the copy is marked complete
     cache = staging.cache_root()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
@@ -126,10 +120,7 @@ def _stage_in_subprocess(standin, scratch: Path, threads: int) -> subprocess.Pop
 
 
 def _journal(entry: Path) -> list[str]:
-    path = entry / ".journal.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["key"] for line in path.read_text().splitlines() if line.endswith("}")]
+    return journal_keys(entry / ".journal.jsonl")
 
 
 def test_a_killed_stage_resumes_without_fetching_verified_objects_again(slow_irods, site, scratch):
@@ -203,7 +194,7 @@ def test_a_corrupted_source_object_is_detected_and_the_copy_not_marked_complete(
         stop_standin(standin)
 
 
-def test_quota_and_free_space_are_checked_before_anything_is_written(irods, scratch, monkeypatch):
+def test_the_quota_is_checked_before_anything_is_written_and_evicts_least_recently_used(irods, scratch):
     kept = staging.stage(irods.image_url, levels=["s2"], **irods.credentials)
     kept_bytes = json.loads((kept.parent / ".staged.json").read_text())["bytes"]
     entries_before = sorted(p.name for p in staging.cache_root().iterdir())
@@ -212,15 +203,6 @@ def test_quota_and_free_space_are_checked_before_anything_is_written(irods, scra
                                                         r"quota of 20000 bytes"):
         staging.stage(irods.image_url, levels=[0], quota=20_000, **irods.credentials)
     assert sorted(p.name for p in staging.cache_root().iterdir()) == entries_before
-
-    real = staging.api.shutil.disk_usage
-    monkeypatch.setattr(staging.api.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=1000))
-    with pytest.raises(staging.InsufficientSpace) as caught:
-        staging.stage(irods.image_url, levels=[1], **irods.credentials)
-    assert "has only 1000 bytes free" in str(caught.value) and caught.value.needed > 1000
-    assert sorted(p.name for p in staging.cache_root().iterdir()) == entries_before
-    monkeypatch.setattr(staging.api.shutil, "disk_usage", real)
 
     # the entry already there is intact and still instant
     before = irods.status()["requests"]
@@ -234,6 +216,78 @@ def test_quota_and_free_space_are_checked_before_anything_is_written(irods, scra
     level1 = staging.stage(irods.image_url, levels=[1], quota=needed + kept_bytes - 1, **irods.credentials)
     assert level1.exists() and not kept.exists()
     assert [s["path"] for s in staging.status()] == [str(level1)]
+
+
+def test_a_selection_that_does_not_fit_on_the_file_system_is_refused_before_anything_is_written(
+        irods, small_scratch):
+    disk = small_scratch("256k")
+    kept = staging.stage(irods.image_url, levels=["s2"], **irods.credentials)
+    before = disk.listing()
+    free = disk.free()
+
+    # level 1's data (about 54 kB) would fit in the bytes left; its 48 chunk files do not, in whole blocks
+    with pytest.raises(staging.InsufficientSpace) as caught:
+        staging.stage(irods.image_url, levels=[1], **irods.credentials)
+    message = str(caught.value)
+    assert caught.value.available == free and caught.value.needed > free
+    assert f"needs {caught.value.needed} bytes on disk (48 objects" in message
+    assert f"has only {free} bytes free" in message and "select less" in message
+    assert disk.listing() == before  # nothing written, not even an empty entry
+
+    # the cache is as it was: the entry there is complete and still instant
+    requests = irods.status()["requests"]
+    assert staging.stage(irods.image_url, levels=["s2"], **irods.credentials) == kept
+    assert irods.status()["requests"] == requests
+    assert [s["state"] for s in staging.status()] == ["complete"]
+
+
+def test_a_disk_filling_up_mid_transfer_leaves_no_complete_looking_copy_and_resumes(slow_irods, site,
+                                                                                    small_scratch):
+    disk = small_scratch("1m")
+    url = slow_irods.image_url
+    entry = staging.cache_root() / staging.cache_key(url, {"levels": [0]})
+    code = ("import sys, json\nfrom bioimage_gateway import staging\ntry:\n"
+            f"    print(staging.stage({url!r}, levels=[0], threads=2, **json.loads(sys.argv[1])))\n"
+            "except staging.StagingError as exc:\n    sys.exit(f'StagingError: {exc}')")
+    process = subprocess.Popen([sys.executable, "-c", code, json.dumps(slow_irods.credentials)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_journal(entry)) < 10:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        disk.fill()  # another job takes every byte left
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1 and out == "", (out, err)
+    assert err.startswith("StagingError: the disk is full"), err
+
+    # not complete, and nothing that looks complete: no manifest, no metadata, no partial file
+    data = entry / IMAGE_DIR
+    assert not (entry / ".staged.json").exists() and not (data / ".zattrs").exists()
+    state = staging.status(url)
+    assert state["state"] == "failed" and "the disk is full" in state["error"], state
+    assert not [p for p in entry.rglob("*") if ".part-" in p.name or ".tmp-" in p.name]
+    # every chunk at its final name is the source's, byte for byte
+    present = staged_files(data)
+    assert present and len(present) < 108
+    for name in present:
+        assert (data / name).read_bytes() == (site / IMAGE_DIR / name).read_bytes(), name
+    with pytest.raises(staging.InsufficientSpace):  # still full: refused before writing
+        staging.stage(url, levels=[0], **slow_irods.credentials)
+
+    disk.release()
+    path = staging.stage(url, levels=[0], threads=4, **slow_irods.credentials)
+    assert path == data and staging.status(url)["state"] == "complete"
+    keys = _journal(entry)
+    assert len(keys) == len(set(keys)) == 108
+    for name in staged_files(site / IMAGE_DIR):
+        if name.startswith("s0/") and not name.endswith((".zarray", ".zattrs")):
+            assert (data / name).read_bytes() == (site / IMAGE_DIR / name).read_bytes(), name
 
 
 def test_two_concurrent_stages_of_the_same_dataset_make_one_transfer(slow_irods, scratch):
@@ -283,6 +337,19 @@ def test_background_stage_survives_its_caller_and_reports_progress(slow_irods, s
     cli = subprocess.run([sys.executable, "-m", "bioimage_gateway.cli", "stage", "--status"],
                          capture_output=True, text=True, check=True)
     assert "complete" in cli.stdout and url in cli.stdout
+    # the runner ends by itself once done (and leaves nothing running behind the test)
+    runner = staging.status(path)["pid"]
+    deadline = time.monotonic() + 30
+    while _runs_staging(runner):
+        assert time.monotonic() < deadline, f"the background runner {runner} is still running"
+        time.sleep(0.05)
+
+
+def _runs_staging(pid: int) -> bool:
+    try:  # a zombie (exited, not yet reaped) has an empty command line
+        return b"bioimage_gateway.staging" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_publish_round_trip_with_provenance_and_no_overwrite(irods, site, scratch, tmp_path):
@@ -332,4 +399,3 @@ def test_evict_removes_every_selection_of_a_url(irods, scratch):
     assert sorted(removed) == sorted([a.parent, b.parent]) and not a.exists() and not b.exists()
     with pytest.raises(staging.StagingError, match="nothing staged"):
         staging.evict(irods.image_url)
-    assert not any(alive(None) for _ in [0])

@@ -3,13 +3,13 @@ copies, pipelined HTTP GETs; each keeps verification, journal and partial-file s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from staging_support import journal_keys
 
 from bioimage_gateway.catalogs.http import HttpCatalog
 from bioimage_gateway.catalogs.posix import PosixCatalog
@@ -35,7 +35,7 @@ def _run(catalog, items, dest: Path, **kw):
                             retries=2, backoff=0.01, **kw)
     finally:
         journal.close()
-    keys = [json.loads(line)["key"] for line in (dest / "journal.jsonl").read_text().splitlines()]
+    keys = journal_keys(dest / "journal.jsonl")
     return failures, keys, progress
 
 
@@ -110,3 +110,53 @@ def test_pipelined_http_gets_fall_back_for_what_they_cannot_bring(nginx, site, w
     for n in names:
         assert (dest / "x" / n).read_bytes() == (folder / n).read_bytes() == (dest / "y" / n).read_bytes()
     assert not [p for p in dest.rglob("*") if ".part-" in p.name]
+
+
+def test_pipelined_listings_give_what_the_catalog_lists_in_a_few_round_trips(nginx, site):
+    from bioimage_gateway.staging.plan import _walk_listing, walk
+
+    for url in (f"{nginx.url}/embryo.ome.zarr/", f"{nginx.url}/plain/"):
+        catalog = HttpCatalog(recognise_images=False)
+        try:
+            expected = list(_walk_listing(catalog, url, None, None, 4))
+            listed = catalog.requests_made
+            assert listed > 10 or url.endswith("/plain/")
+            catalog.requests_made = 0
+            assert list(walk(catalog, url, threads=4)) == expected
+            assert catalog.requests_made == 0  # every listing came through the pipelines
+        finally:
+            catalog.close()
+    assert {key for key, *_ in expected} == {"notes.txt", "sub/table.csv"}
+
+
+def test_a_server_without_json_listings_is_named_as_before(nginx, site, scratch):
+    from bioimage_gateway import staging
+    from bioimage_gateway.catalogs.base import Unsupported
+
+    with pytest.raises(Unsupported, match="gives no JSON directory index"):
+        staging.stage(f"{nginx.url}/html/")
+
+
+def test_a_pipeline_reads_listings_chunks_and_errors_and_survives_the_server_closing(nginx, site):
+    from bioimage_gateway.staging.http_pipeline import Pipeline
+
+    folder = site / "embryo.ome.zarr" / "s0" / "0" / "0" / "0" / "0"
+    names = sorted(os.listdir(folder))
+    base = "/embryo.ome.zarr/s0/0/0/0/0/"
+    catalog = HttpCatalog()
+    pipe = Pipeline(catalog, f"127.0.0.1:{nginx.port}", accept="application/json")
+    try:
+        got = pipe.get_many([base, base + names[0], "/nothing-here", base + names[1], "/private/x"])
+        assert [r is None for r in got] == [False, False, True, False, True]
+        import json as _json
+        assert sorted(e["name"] for e in _json.loads(got[0].body)) == names  # a chunked body
+        assert got[1].body == (folder / names[0]).read_bytes() and not got[1].states_digest()
+        assert got[3].body == (folder / names[1]).read_bytes()
+        # more requests than nginx serves on one connection (keepalive_requests 1000): it closes
+        # the connection, the pipeline opens another and nothing is lost
+        many = pipe.get_many([base + names[i % len(names)] for i in range(1200)])
+        assert all(r is not None and r.body == (folder / names[i % len(names)]).read_bytes()
+                   for i, r in enumerate(many))
+    finally:
+        pipe.close()
+        catalog.close()

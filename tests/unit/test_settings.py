@@ -110,3 +110,71 @@ def test_omero_url_must_be_a_web_address():
     data["catalogs"]["omero_url"] = "ftp://omero.example.org/"
     assert "catalogs.omero_url: " in refusal(data)
     assert str(parse_settings(example()).catalogs.omero_url) == "https://omero.example.org/"
+
+
+# --- staging: ------------------------------------------------------------------------------
+
+def test_staging_section_of_the_example_reads_sizes_and_resolves_the_cache_per_user():
+    staging = load_settings(EXAMPLE).staging
+    assert staging.quota == 500 * 2**30
+    assert staging.cache_dir == "{scratch_root}/{user}/.bioimage-gateway/staging"
+    mine = staging.for_user("alice", "/scratch/")
+    assert mine.cache_dir == "/scratch/alice/.bioimage-gateway/staging"
+    assert mine.transfer_options() == dict(threads=16, retries=4, backoff=0.2, range_threshold=64 << 20,
+                                           range_size=16 << 20, range_threads=4, fsync="batch")
+    # a file without the section gets the defaults: no quota, the cache under the user's scratch
+    data = example()
+    data.pop("staging")
+    assert parse_settings(data).staging.quota is None
+    assert parse_settings(data).staging.cache_dir is None
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("quota", "lots", "staging.quota: 'lots' is not a size"),
+    ("quota", 0, "staging.quota: 0 is less than 1"),
+    ("cache_dir", "scratch/{user}", "staging.cache_dir: 'scratch/{user}' must be an absolute path"),
+    ("cache_dir", "/scratch/{group}/x", "the only placeholders are {user} and {scratch_root}"),
+    ("cache_dir", "/scratch/{user}/../x", "must not contain '..'"),
+    ("parallel_transfers", 0, "staging.parallel_transfers: 0 is less than 1"),
+    ("journal_fsync", "never", "staging.journal_fsync: 'never' Input should be 'batch' or 'each'"),
+    ("quota_gb", 5, "staging.quota_gb: unknown key"),
+])
+def test_a_bad_staging_setting_names_the_key_and_why(key, value, expected):
+    data = example()
+    data["staging"][key] = value
+    assert expected in refusal(data)
+
+
+def test_sizes_take_the_units_people_write():
+    data = example()
+    for text, size in (("2T", 2 << 40), ("800MiB", 800 << 20), ("1.5G", 3 << 29), ("20000", 20000),
+                       (20000, 20000), ("64 kb", 64 << 10)):
+        data["staging"]["quota"] = text
+        assert parse_settings(data).staging.quota == size, text
+
+
+def test_a_session_reads_the_section_the_spawner_passed_or_the_site_file(tmp_path, monkeypatch):
+    from bioimage_gateway.staging_settings import load_staging_settings
+
+    monkeypatch.delenv("BIOIMAGE_GATEWAY_STAGING", raising=False)
+    monkeypatch.delenv("BIOIMAGE_GATEWAY_CONFIG", raising=False)
+    assert load_staging_settings().quota is None  # nothing configured: the defaults
+
+    site = example()
+    site["scratch_root"] = str(tmp_path / "scratch")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(site))
+    monkeypatch.setenv("BIOIMAGE_GATEWAY_CONFIG", str(path))
+    monkeypatch.setenv("USER", "bob")
+    from_file = load_staging_settings()
+    assert from_file.cache_dir == f"{tmp_path}/scratch/bob/.bioimage-gateway/staging"
+    assert from_file.quota == 500 * 2**30
+
+    # what the spawner hands the session wins over the file
+    passed = parse_settings(site).staging.for_user("bob", "/gpfs/scratch")
+    monkeypatch.setenv("BIOIMAGE_GATEWAY_STAGING", passed.model_dump_json())
+    assert load_staging_settings().cache_dir == "/gpfs/scratch/bob/.bioimage-gateway/staging"
+
+    monkeypatch.setenv("BIOIMAGE_GATEWAY_STAGING", '{"quota": "plenty"}')
+    with pytest.raises(SettingsError, match=r"\$BIOIMAGE_GATEWAY_STAGING is not valid:\n  staging.quota: "):
+        load_staging_settings()
