@@ -21,6 +21,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,21 +181,35 @@ def part_http(args, work: Path, site: Path, files: int, size: int) -> float | No
 
 def part_local(args, work: Path, image: Path, files: int, size: int) -> float:
     print("\n3. local disk")
+    # One untimed round of each first: imports and first-call set-up are not throughput.
+    warm = work / "local-warm-up"
+    staging.stage(f"file://{image}", dest=warm / "ours", threads=args.threads)
+    subprocess.run(["cp", "-r", str(image), str(warm / "cp")], check=True)
+    shutil.rmtree(warm)
     ratios = []
     for run in range(args.repeat):
-        subprocess.run(["sync"], check=False)
-        t = time.monotonic()
-        ours = staging.stage(f"file://{image}", dest=work / f"local-ours-{run}", threads=args.threads)
-        ours_s = time.monotonic() - t
-        assert count_files(ours)[0] == files, "staged copy incomplete"
-        print(line(f"staging.stage ({args.threads} threads)", ours_s, files, size))
-        subprocess.run(["sync"], check=False)
-        t = time.monotonic()
-        subprocess.run(["cp", "-r", str(image), str(work / f"local-cp-{run}")], check=True)
-        peer_s = time.monotonic() - t
-        print(line("cp -r", peer_s, files, size))
-        ratios.append(peer_s / ours_s)
+        staged = []
+
+        def ours():
+            staged.append(staging.stage(f"file://{image}", dest=work / f"local-ours-{run}", threads=args.threads))
+
+        def peer():
+            subprocess.run(["cp", "-r", str(image), str(work / f"local-cp-{run}")], check=True)
+
+        timings = {}
+        # Who goes first alternates: the second may find the other's writes still being flushed.
+        for name, action in (("ours", ours), ("peer", peer))[:: 1 if run % 2 == 0 else -1]:
+            subprocess.run(["sync"], check=False)
+            t = time.monotonic()
+            action()
+            timings[name] = time.monotonic() - t
+        assert count_files(staged[0])[0] == files, "staged copy incomplete"
+        print(line(f"staging.stage ({args.threads} threads)", timings["ours"], files, size))
+        print(line("cp -r", timings["peer"], files, size))
+        ratios.append(timings["peer"] / timings["ours"])
         print(f"  ratio: {ratios[-1]:.2f}x  (target >= 0.8x)")
+    if len(ratios) > 1:
+        print(f"  median ratio {statistics.median(ratios):.2f}x, worst {min(ratios):.2f}x")
     return min(ratios)
 
 
