@@ -240,27 +240,8 @@ class Source:
                 "PosixCatalog": self._posix}.get(self.kind, self._generic)(item, fd)
 
     def _irods_open(self, item: Item):
-        """A raw read-only descriptor: DATA_OBJ_OPEN straight away (python-irodsclient's ``open``
-        adds a buffered wrapper whose set-up and close cost extra LSEEK round trips)."""
-        from irods.api_number import api_number
-        from irods.data_object import iRODSDataObjectFileRaw
-        from irods.message import FileOpenRequest, StringStringMap, iRODSMessage
-
-        from ..catalogs.irods import _translated
-        logical = self.catalog.logical_path(item.url)
-        session = self.catalog.session
-        with _translated(item.url):
-            conn = session.pool.get_connection()
-            try:
-                body = FileOpenRequest(objPath=logical, createMode=0, openFlags=0, offset=0, dataSize=-1,
-                                       numThreads=session.numThreads, oprType=0,
-                                       KeyValPair_PI=StringStringMap({}))
-                conn.send(iRODSMessage("RODS_API_REQ", msg=body, int_info=api_number["DATA_OBJ_OPEN_AN"]))
-                desc = conn.recv().int_info
-            except BaseException:
-                conn.release(destroy=True)
-                raise
-            return iRODSDataObjectFileRaw(conn, desc)
+        """A raw read-only descriptor (``IrodsCatalog.open_raw``: no stat, no buffered wrapper)."""
+        return self.catalog.open_raw(item.url)
 
     def _irods(self, item: Item, fd: int):
         from ..catalogs.irods import _translated
@@ -474,15 +455,8 @@ def _copy_local_files(group: list[Item], prefix: int, part_dir: str, done: list,
 
 def _close_raw(raw, url: str, ok: bool) -> None:
     """Close an iRODS descriptor; after a failure the connection is dropped, not pooled."""
-    from ..catalogs.irods import _translated
-    if ok:
-        with _translated(url):
-            raw.close()
-        return
-    try:
-        raw.conn.release(destroy=True)
-    except Exception:
-        pass
+    from ..catalogs.irods import IrodsCatalog
+    IrodsCatalog.close_raw(raw, url, ok)
 
 
 def _file_sha2(path: str) -> str:
