@@ -189,6 +189,14 @@ class Progress:
     started: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def add(self, objects: int = 0, nbytes: int = 0, fetched: int = 0, retries: int = 0) -> None:
+        """Count work done (negative numbers take back what a failed folder had counted)."""
+        with self.lock:
+            self.objects_done += objects
+            self.bytes_done += nbytes
+            self.fetched += fetched
+            self.retries += retries
+
     def snapshot(self) -> dict:
         with self.lock:
             elapsed = max(time.time() - self.started, 1e-6)
@@ -439,17 +447,11 @@ def _copy_local_files(group: list[Item], prefix: int, part_dir: str, done: list,
         count += 1
         nbytes += size
         if count == 256:  # progress, and a stop asked by another worker, every few hundred files
-            with progress.lock:
-                progress.objects_done += count
-                progress.fetched += count
-                progress.bytes_done += nbytes
+            progress.add(count, nbytes, fetched=count)
             count = nbytes = 0
             if stop.is_set():
                 break
-    with progress.lock:
-        progress.objects_done += count
-        progress.fetched += count
-        progress.bytes_done += nbytes
+    progress.add(count, nbytes, fetched=count)
     return left
 
 
@@ -527,15 +529,11 @@ def _store_bodies(fetched: list, prefix: int, part_dir: str, done: list, progres
         count += 1
         nbytes += written
         if count == 256:
-            with progress.lock:
-                progress.objects_done += count
-                progress.bytes_done += nbytes
+            progress.add(count, nbytes)
             count = nbytes = 0
             if stop.is_set():
                 break
-    with progress.lock:
-        progress.objects_done += count
-        progress.bytes_done += nbytes
+    progress.add(count, nbytes)
     return left
 
 
@@ -631,8 +629,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                         n, got, expected = prefetched.write(item, fd)
                         prefetched = None  # a retry fetches again
                     else:
-                        with progress.lock:
-                            progress.fetched += 1
+                        progress.add(fetched=1)
                         n, got, expected = source.fetch(item, fd)
                 finally:
                     os.close(fd)
@@ -653,9 +650,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                     journal.record(item.key, n, got)
                 else:  # written for the whole batch at once (a kill before: fetched again)
                     lines.append((item, n, got))
-                with progress.lock:
-                    progress.objects_done += 1
-                    progress.bytes_done += n
+                progress.add(1, n)
                 if on_verified:
                     on_verified(item)
                 return
@@ -674,8 +669,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 else:  # an OSError, a client library's own error: treat as transient
                     last = f"{type(exc).__name__}: {exc}"
             if attempt < retries:
-                with progress.lock:
-                    progress.retries += 1
+                progress.add(retries=1)
                 time.sleep(backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
         failures[item.url] = f"{last} (after {attempt} attempt{'s' if attempt > 1 else ''})"
 
@@ -700,8 +694,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
         fetched = []
         for start in range(0, len(paths), BATCH):  # bounded: neither side blocks on full buffers
             fetched.extend(pipe.get_many(paths[start:start + BATCH]))
-        with progress.lock:
-            progress.fetched += sum(1 for f in fetched if f is not None)
+        progress.add(fetched=sum(1 for f in fetched if f is not None))
         return fetched
 
     def batch(group: list[Item]):
@@ -765,9 +758,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
         except OSError as exc:
             for item in group:
                 failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
-            with progress.lock:
-                progress.objects_done -= len(done)
-                progress.bytes_done -= sum(n for _, n, _ in done)
+            progress.add(-len(done), -sum(n for _, n, _ in done))
             done = []
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
