@@ -33,7 +33,8 @@ object, GIL contention among 16 threads copying local files, and Python's work p
 * HTTP: a group is fetched by pipelined GETs on one keep-alive connection per worker
   (``http_pipeline.Pipeline``); each body is checked (its size against the listing's and the
   ``Content-Length``, and the server's digest when it states one) as on the ordinary path.
-* POSIX: one pass, read + hash + write, with at most ``POSIX_THREADS`` threads. There is no
+* POSIX: one pass, read + hash + write; folders filled whole are copied by worker processes
+  (``local_copy.LocalCopyPool``, one per CPU), the rest by at most ``POSIX_THREADS`` threads. There is no
   checksum stored at the source, so "verified" means: the bytes written are the bytes read
   (every ``write`` complete, size equal to the listing's), the file did not change while it was
   read (``fstat`` size and mtime before and after), and the journal records the SHA-256 of those
@@ -47,6 +48,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -61,6 +63,7 @@ from pathlib import Path
 
 from ..catalogs.base import CatalogError, CatalogUnavailable
 from .http_pipeline import Pipeline, Response, pipelinable, request_target
+from .local_copy import MIN_FILES, LocalCopyPool, copy_files, folder_record, worker_count
 from .plan import Item
 
 BLOCK = 1 << 20
@@ -129,9 +132,7 @@ class Journal:
         # what json.dumps({"key": key, "size": size, "sha2": checksum}) gives, with less work
         return f'{{"key": {json.dumps(key)}, "size": {int(size)}, "sha2": {json.dumps(checksum)}}}\n'.encode()
 
-    @staticmethod
-    def folder_line(folder: str, objects: list[tuple[str, int, str]]) -> bytes:
-        return (json.dumps({"dir": folder, "objects": objects}, separators=(",", ":")) + "\n").encode()
+    folder_line = staticmethod(folder_record)
 
     def record(self, key: str, size: int, checksum: str) -> None:
         self.write(self.line(key, size, checksum))
@@ -395,64 +396,28 @@ class Source:
             return None
 
 
-def _copy_local_files(group: list[Item], prefix: int, part_dir: str, done: list, progress: Progress,
-                      stop: threading.Event) -> list:
+def _copy_local_files(group: list[Item], prefix: int, part_dir: str, done: list, progress: Progress) -> list:
     """Copy small local files into the folder ``part_dir`` (a new one, renamed into place by the
-    caller once everything in it is verified), with as little work per file as Python allows:
-    many thousand chunk files of a few hundred bytes are common, and there the time goes in
-    system calls and interpreter overhead, not bytes.
+    caller once everything in it is verified) by ``local_copy.copy_files``. ``(item, size,
+    sha2)`` of each verified file is appended to ``done``. Returns ``(item, None)`` for every file
+    that path did not take (a different size, a file that changed, an error): the ordinary path
+    fetches those, with its retries and error messages. An error writing the copies (the disk
+    full) is raised."""
+    copied, left, error = copy_files([i.url for i in group], part_dir, [i.key[prefix:] for i in group],
+                                     [i.size for i in group])
+    _add_copied(group, copied, done, progress)
+    if error is not None:
+        raise error
+    return [(group[index], None) for index in left]
 
-    Each file: open, ``fstat``, one ``read`` of one byte more than its size, ``fstat``, close;
-    create the copy, one ``write``, close; SHA-256 of the bytes. Verified, as ``Source._posix``
-    does it: the size is the listing's and the same before and after the read, the modification
-    time did not change while it was read, the read returned exactly that many bytes (so the file
-    ended there) and the ``write`` took them all. ``(item, size, sha2)`` of each verified file
-    is appended to ``done``. Returns ``(item, None)`` for every file this path did not take (a
-    different size, a file that changed, an error): the ordinary path fetches those, with its
-    retries and error messages. An error writing the copy (the disk full) is raised."""
-    left = []
-    sha256, b64 = hashlib.sha256, binascii.b2a_base64  # base64.b64encode without its Python frame
-    open_, read, write, close, fstat = os.open, os.read, os.write, os.close, os.fstat
-    reading = os.O_RDONLY | os.O_CLOEXEC
-    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    count = nbytes = 0
-    for item in group:
-        size = item.size
-        try:
-            src = open_(item.url, reading)
-        except OSError:
-            left.append((item, None))
-            continue
-        try:
-            before = fstat(src)
-            data = read(src, size + 1) if before.st_size == size else None
-            after = fstat(src)
-        except OSError:
-            data = None
-        finally:
-            close(src)
-        if (data is None or len(data) != size or after.st_size != size
-                or after.st_mtime_ns != before.st_mtime_ns):
-            left.append((item, None))
-            continue
-        dst = open_(part_dir + item.key[prefix:], writing, 0o600)
-        try:
-            written = write(dst, data)
-        finally:
-            close(dst)
-        if written != size:
-            left.append((item, None))
-            continue
-        done.append((item, size, "sha2:" + b64(sha256(data).digest(), newline=False).decode()))
-        count += 1
-        nbytes += size
-        if count == 256:  # progress, and a stop asked by another worker, every few hundred files
-            progress.add(count, nbytes, fetched=count)
-            count = nbytes = 0
-            if stop.is_set():
-                break
-    progress.add(count, nbytes, fetched=count)
-    return left
+
+def _add_copied(group: list[Item], copied: list, done: list, progress: Progress) -> None:
+    nbytes = 0
+    for index, digest in copied:
+        item = group[index]
+        done.append((item, item.size, digest))
+        nbytes += item.size
+    progress.add(len(copied), nbytes, fetched=len(copied))
 
 
 def _close_raw(raw, url: str, ok: bool) -> None:
@@ -553,6 +518,22 @@ def _batches(items: list[Item]) -> list[list[Item]]:
             out.append([item])
     if small:
         out.append(small)
+    return out
+
+
+def _chunks(folders: list, parts: int) -> list[list]:
+    """``folders`` in about ``parts`` runs of neighbours with about as many objects each."""
+    total = sum(len(group) for _, group in folders)
+    size = min(2048, max(1, total // max(1, parts)))  # at most ~2000 objects: progress, and a stop
+    out, run, n = [], [], 0
+    for folder in folders:
+        run.append(folder)
+        n += len(folder[1])
+        if n >= size:
+            out.append(run)
+            run, n = [], 0
+    if run:
+        out.append(run)
     return out
 
 
@@ -714,29 +695,38 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             if lines:
                 journal.write(b"".join(Journal.line(i.key, n, got) for i, n, got in lines))
 
-    def folder_whole(folder: str, group: list[Item]):
-        if stop.is_set():
+    def folder_whole(folder: str, group: list[Item], answer: list | None = None):
+        """Fill a new folder whole; ``answer``: what a worker process did of it already
+        (``local_copy.fill_folders``: "partial" or "error"), taken from there (and its
+        ``.part-`` folder removed, even once the transfer is stopping)."""
+        if stop.is_set() and answer is None:
             return
         final_dir = os.path.join(root_text, folder)
         part_dir = final_dir + f".part-{pid}"
-        try:
-            if os.path.lexists(part_dir):
-                import shutil
-                shutil.rmtree(part_dir)
-            os.mkdir(part_dir)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
-                stop.set()
-                return
-            os.makedirs(final_dir, exist_ok=True)  # the ordinary way, one object at a time
-            return batch(group)
+        if answer is None:
+            try:
+                if os.path.lexists(part_dir):
+                    import shutil
+                    shutil.rmtree(part_dir)
+                os.mkdir(part_dir)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
+                    stop.set()
+                    return
+                os.makedirs(final_dir, exist_ok=True)  # the ordinary way, one object at a time
+                return batch(group)
         done: list = []
         prefix = len(folder) + 1
         try:
             # The fast paths first; what they leave takes the ordinary one.
-            if source.kind == "PosixCatalog":
-                fetched = _copy_local_files(group, prefix, part_dir + "/", done, progress, stop)
+            if answer is not None and answer[0] == "error":
+                raise OSError(*answer[1])
+            if answer is not None:  # "partial": the worker copied and verified some
+                _add_copied(group, answer[1], done, progress)
+                fetched = [(group[index], None) for index in answer[2]]
+            elif source.kind == "PosixCatalog":
+                fetched = _copy_local_files(group, prefix, part_dir + "/", done, progress)
             elif source.kind == "HttpCatalog":
                 fetched = _store_bodies(list(zip(group, prefetch(group))), prefix, part_dir + "/", done,
                                         progress, stop)
@@ -770,6 +760,53 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             if done:
                 journal.write(Journal.folder_line(folder, [(i.key[prefix:], n, got) for i, n, got in done]))
 
+    def folders_in_worker(chunk: list[tuple[str, list[Item]]]):
+        """Several new local folders filled whole by a worker process (``local_copy``): it makes,
+        fills, verifies and renames each; here their journal records are written (after the
+        renames) and whatever it could not finish is taken over by ``folder_whole``."""
+        if stop.is_set():
+            return
+        jobs = []
+        for folder, group in chunk:
+            final_dir = os.path.join(root_text, folder)
+            prefix = len(folder) + 1
+            jobs.append([f"{final_dir}.part-{pid}", final_dir, folder, [i.key[prefix:] for i in group],
+                         [i.size for i in group], [i.url for i in group]])
+        answers = local_pool.fill(jobs)
+        records, count, nbytes, rest = [], 0, 0, []
+        for (folder, group), answer in zip(chunk, answers):
+            if answer[0] == "renamed":
+                records.append(answer[1])
+                count += len(group)
+                nbytes += sum(i.size for i in group)
+            else:
+                rest.append((folder, group, answer))
+        if records:
+            try:
+                journal.write("".join(records).encode())
+                progress.add(count, nbytes, fetched=count)
+            except OSError as exc:  # the journal's disk full: the folders are there, not recorded
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    fatal.append(Fatal(f"the disk is full (or the quota reached) while writing under {root}: {exc}"))
+                    stop.set()
+                for (folder, group), answer in zip(chunk, answers):
+                    if answer[0] == "renamed":
+                        for item in group:
+                            failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
+        for folder, group, answer in rest:
+            if answer[0] == "unmade":
+                if answer[1][0] in (errno.ENOSPC, errno.EDQUOT):
+                    fatal.append(Fatal(f"the disk is full (or the quota reached) while writing "
+                                       f"{os.path.join(root_text, folder)}: {answer[1][1]}"))
+                    stop.set()
+                    return
+                os.makedirs(os.path.join(root_text, folder), exist_ok=True)
+                guarded(batch, group)
+            elif answer[0] == "skipped":
+                guarded(folder_whole, group, folder)
+            else:
+                guarded(functools.partial(folder_whole, answer=answer), group, folder)
+
     def guarded(work: Callable, group: list[Item], *args):
         """A worker's task; an error outside any one object's handling (the journal's disk full)
         stops the transfer (ENOSPC) or fails the group's objects, never the whole pool silently."""
@@ -782,15 +819,29 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             for item in group:
                 failures.setdefault(item.url, f"{type(exc).__name__}: {exc}")
 
+    # Local files in folders filled whole are copied by worker processes (``local_copy``): one
+    # interpreter per CPU instead of threads taking turns at one. The threads here then only
+    # hand folders over, rename and record them: two per worker keep every worker busy.
+    local_pool = None
+    if source.kind == "PosixCatalog" and sum(len(group) for group in whole.values()) >= MIN_FILES:
+        local_pool = LocalCopyPool(worker_count())
+        threads = len(local_pool) + 1  # one more: a chunk's answer is read while both work
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage") as pool:
-            futures = [pool.submit(guarded, folder_whole, group, folder) for folder, group in whole.items()]
+            if local_pool:
+                # Chunks of folders, several per worker so that the workers finish together.
+                chunks = _chunks(list(whole.items()), 8 * len(local_pool))
+                futures = [pool.submit(folders_in_worker, chunk) for chunk in chunks]
+            else:
+                futures = [pool.submit(guarded, folder_whole, group, folder) for folder, group in whole.items()]
             futures += [pool.submit(guarded, batch, group) for group in _batches(singles)]
             for future in futures:
                 future.result()
     finally:
         for pipe in pipelines:
             pipe.close()
+        if local_pool is not None:
+            local_pool.close()
     if fatal:
         raise fatal[0]
     return failures

@@ -3,9 +3,15 @@ copies, pipelined HTTP GETs; each keeps verification, journal and partial-file s
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +19,10 @@ from staging_support import journal_keys
 
 from bioimage_gateway.catalogs.http import HttpCatalog
 from bioimage_gateway.catalogs.posix import PosixCatalog
+from bioimage_gateway.staging import local_copy
 from bioimage_gateway.staging.api import _remove_partials
 from bioimage_gateway.staging.plan import Item
-from bioimage_gateway.staging.transfer import Journal, Progress, Source, transfer
+from bioimage_gateway.staging.transfer import Fatal, Journal, Progress, Source, transfer
 
 
 @pytest.fixture
@@ -160,3 +167,142 @@ def test_a_pipeline_reads_listings_chunks_and_errors_and_survives_the_server_clo
     finally:
         pipe.close()
         catalog.close()
+
+
+def _tree(root: Path, folders: int, per_folder: int) -> list[Item]:
+    items = []
+    for f in range(folders):
+        folder = root / "img" / "0" / str(f)
+        folder.mkdir(parents=True)
+        for n in range(per_folder):
+            data = os.urandom(50 + (f * per_folder + n) % 300)
+            (folder / str(n)).write_bytes(data)
+            items.append(Item(f"img/0/{f}/{n}", str(folder / str(n)), len(data), None))
+    return items
+
+
+def test_many_local_files_are_copied_by_worker_processes_and_verified(work):
+    items = _tree(work / "src", folders=40, per_folder=20)  # 800 files: the worker processes' path
+    assert len(items) >= local_copy.MIN_FILES
+    wrong = items[123]
+    items[123] = Item(wrong.key, wrong.url, wrong.size + 1, None)  # the listing disagrees: never verified
+    dest = work / "dest"
+    dest.mkdir()
+    failures, keys, progress = _run(PosixCatalog(recognise_images=False), items, dest)
+    assert list(failures) == [wrong.url]
+    assert sorted(keys) == sorted(i.key for i in items if i.key != wrong.key)
+    for item in items:
+        if item.key != wrong.key:
+            assert (dest / item.key).read_bytes() == Path(item.url).read_bytes()
+    assert not (dest / wrong.key).exists()
+    assert not [p for p in dest.rglob("*") if ".part-" in p.name]
+    assert progress.objects_done == len(items) - 1
+    journal = (dest / "journal.jsonl").read_text()
+    digest = hashlib.sha256(Path(items[0].url).read_bytes()).digest()
+    assert base64.b64encode(digest).decode() in journal  # the SHA-256 of what was read
+
+
+def test_a_local_copy_worker_that_dies_leaves_its_folders_to_the_caller(work):
+    items = _tree(work / "src", folders=3, per_folder=30)
+    out = work / "out" / "img" / "0"
+    out.mkdir(parents=True)
+    (out / "1").mkdir()  # as if the dying worker had renamed this folder into place already
+    jobs = []
+    for f in range(3):
+        group = [i for i in items if i.key.startswith(f"img/0/{f}/")]
+        jobs.append([str(out / f"{f}.part-1"), str(out / str(f)), f"img/0/{f}",
+                     [i.key.rsplit("/", 1)[1] for i in group], [i.size for i in group], [i.url for i in group]])
+    pool = local_copy.LocalCopyPool(1)
+    try:
+        assert len(pool) == 1
+        pool._all[0].kill()
+        pool._all[0].wait()
+        answers = pool.fill(jobs)
+        assert len(pool) == 0  # the dead worker is not handed out again
+    finally:
+        pool.close()
+    assert [a[0] for a in answers] == ["renamed", "unmade", "renamed"]  # the existing one goes file by file
+    for f in (0, 2):
+        group = [i for i in items if i.key.startswith(f"img/0/{f}/")]
+        assert all((out / str(f) / i.key.rsplit("/", 1)[1]).read_bytes() == Path(i.url).read_bytes() for i in group)
+        record = json.loads(answers[f][1])
+        assert record["dir"] == f"img/0/{f}" and len(record["objects"]) == 30
+    assert not [p for p in out.iterdir() if ".part-" in p.name]
+
+
+def test_a_stage_killed_during_local_copies_by_workers_resumes_to_an_identical_tree(work):
+    src = work / "src"
+    items = _tree(src, folders=60, per_folder=25)
+    dest = work / "dest"
+    dest.mkdir()
+    script = ("import sys\n"
+              "from pathlib import Path\n"
+              "from bioimage_gateway.catalogs.posix import PosixCatalog\n"
+              "from bioimage_gateway.staging.plan import Item\n"
+              "from bioimage_gateway.staging.transfer import Fatal, Journal, Progress, Source, transfer\n"
+              "import json\n"
+              "items = [Item(*i) for i in json.loads(sys.argv[1])]\n"
+              "dest = Path(sys.argv[2])\n"
+              "journal = Journal(dest / 'journal.jsonl')\n"
+              "progress = Progress(objects_total=len(items))\n"
+              "transfer(Source(PosixCatalog(recognise_images=False), 64 << 20, 16 << 20, 2), items, dest,\n"
+              "         journal, progress)\n")
+    stage = subprocess.Popen([sys.executable, "-c", script, json.dumps(items), str(dest)])
+    deadline = time.monotonic() + 30
+    while stage.poll() is None and time.monotonic() < deadline:  # kill -9 once some folders are in place
+        if (dest / "journal.jsonl").exists() and (dest / "journal.jsonl").stat().st_size > 0:
+            stage.kill()
+            break
+        time.sleep(0.002)
+    stage.wait()
+    before = set(journal_keys(dest / "journal.jsonl"))
+    assert before, "nothing was recorded before the kill"
+    assert len(before) < len(items), "the stage finished before it was killed"
+    _remove_partials(dest)
+    failures, keys, progress = _run(PosixCatalog(recognise_images=False),
+                                    [i for i in items if i.key not in before], dest)
+    assert failures == {}
+    assert set(keys) == {i.key for i in items}
+    for item in items:
+        assert (dest / item.key).read_bytes() == Path(item.url).read_bytes()
+    assert not [p for p in dest.rglob("*") if ".part-" in p.name]
+
+
+def test_a_full_disk_stops_the_local_copy_workers_and_leaves_only_verified_folders(work, small_scratch):
+    items = _tree(work / "src", folders=40, per_folder=20)  # 800 files, a page each: ~3 MB on tmpfs
+    disk = small_scratch("1m")
+    dest = disk.root / "dest"
+    dest.mkdir()
+    with pytest.raises(Fatal, match="the disk is full"):
+        _run(PosixCatalog(recognise_images=False), items, dest)
+    recorded = set(journal_keys(dest / "journal.jsonl"))
+    present = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p.name != "journal.jsonl"}
+    assert not [p for p in dest.rglob("*") if ".part-" in p.name]  # nothing half-written left
+    assert recorded and recorded <= present and len(present) < len(items)
+    for key in present:  # whatever is at a final name is the source's file, byte for byte
+        assert (dest / key).read_bytes() == (work / "src" / key).read_bytes()
+
+
+def test_local_copy_workers_exit_when_their_stage_is_killed(work):
+    script = ("import sys, time\n"
+              "from bioimage_gateway.staging.local_copy import LocalCopyPool\n"
+              "pool = LocalCopyPool(2)\n"
+              "print(' '.join(str(p.pid) for p in pool._all), flush=True)\n"
+              "time.sleep(60)\n")
+    stage = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in stage.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    stage.kill()  # kill -9: no clean-up code of the stage runs
+    stage.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "worker processes outlived the killed stage"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
