@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from bioimage_gateway.settings import GatewaySettings
 
-from . import port_api
+from . import collector, port_api, user_lookups
 from .spawner import GatewaySpawner
 
 
@@ -66,6 +66,10 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
     if c.JupyterHub.db_url.startswith("sqlite"):
         use_sqlite_wal()
+    # The hub's per-request work in a burst of sign-ins: no reloads of users it holds,
+    # no full garbage collections walking its long-lived objects.
+    user_lookups.install()
+    collector.tune()
     c.JupyterHub.cookie_secret_file = str(_secret_file(data_dir / "cookie_secret"))
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
     # Sessions are Slurm jobs that outlive a hub restart; the hub must not stop them.
