@@ -74,7 +74,7 @@ def test_dashboard_through_the_hub_for_its_owner_only(devstack, hub, alice, bob,
         assert theirs.status_code == 403, (theirs.status_code, theirs.url)
         assert "Dask" not in theirs.text
         python("cluster.close()")
-        assert jobs_named(alice_env, "alice") == []
+        wait_for(lambda: jobs_named(alice_env, "alice") == [], 30, "the worker jobs to leave the queue")
     finally:
         python.close()
         alice.stop()
