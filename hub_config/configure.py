@@ -9,16 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import sqlite3
 import sys
 from pathlib import Path
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-
 from bioimage_gateway.settings import GatewaySettings
 
-from . import collector, port_api, user_lookups
+from . import collector, database, port_api, user_lookups
 from .spawner import GatewaySpawner
 
 
@@ -27,28 +23,6 @@ def _secret_file(path: Path, nbytes: int = 32) -> Path:
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(nbytes))
     return path
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-
-def use_sqlite_wal() -> None:
-    """The hub's SQLite database in write-ahead-log mode, synced at checkpoints.
-
-    A sign-in commits several times; in SQLite's default mode each commit
-    waits for two or more fsyncs while the hub's one event loop stands still
-    (a login burst while another job wrote to the disk spent a fifth of the
-    hub's time there).  With WAL and
-    synchronous=NORMAL a commit is a write to the log; a power cut can lose
-    the last commits (a login, an activity stamp), never the database.
-    """
-    if not event.contains(Engine, "connect", _sqlite_pragmas):
-        event.listen(Engine, "connect", _sqlite_pragmas)
 
 
 def configure_hub(c, settings: GatewaySettings) -> None:
@@ -65,10 +39,11 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
     if c.JupyterHub.db_url.startswith("sqlite"):
-        use_sqlite_wal()
+        database.tune_sqlite()
     # The hub's per-request work in a burst of sign-ins: no reloads of users it holds,
-    # no full garbage collections walking its long-lived objects.
+    # one commit per sign-in, no full garbage collections walking its long-lived objects.
     user_lookups.install()
+    database.stamp_sign_in_activity()
     collector.tune()
     c.JupyterHub.cookie_secret_file = str(_secret_file(data_dir / "cookie_secret"))
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
