@@ -40,6 +40,7 @@ from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.processes import free_port, read_pid, run
 from bioimage_gateway.devstack.slurm_calls import QUERY_COMMANDS, count_calls, counting_bin_dir
 from bioimage_gateway.devstack.stack import Devstack, ensure_unix_user
+from bioimage_gateway.settings import SlurmSettings
 
 LOAD_USER = "gwl{:03d}"
 STOCK_BASE = Path(__file__).with_name("stock_batchspawner_config.py")
@@ -81,7 +82,10 @@ def hub_settings(devstack: Devstack, name: str, bin_dir: Path, interval: float,
         settings["hub"].update(port=port, public_url=f"http://127.0.0.1:{port}")
     settings["hub"].update(api_port=free_port(), proxy_api_port=free_port(),
                            data_dir=str(devstack.state_dir / name))
-    settings["slurm"].update(bin_dir=str(bin_dir), poll_interval=interval, start_poll_interval=1)
+    # The spawn form's live data as a site has it (the stack's own hub refreshes it every
+    # 2 s, for tests that change the cluster under it).
+    settings["slurm"].update(bin_dir=str(bin_dir), poll_interval=interval, start_poll_interval=1,
+                             live_data_ttl=SlurmSettings.model_fields["live_data_ttl"].default)
     if users_file:
         settings["auth"] = {"provider": "dummy", "users_file": str(users_file)}
     path = devstack.state_dir / f"{name}.yaml"
