@@ -1,7 +1,7 @@
-"""How the hub's SQLite database is used: what each commit and each transaction costs.
+"""How the hub uses its database: what each commit and each transaction costs.
 
 A sign-in burst is a few thousand short transactions on the hub's one event loop, so
-per-transaction costs that do nothing for a local file add up:
+per-transaction costs that buy nothing add up:
 
 - SQLite's default rollback journal makes every commit wait for two or more fsyncs;
 - JupyterHub checks every connection it takes from the pool with ``SELECT 1`` in a
@@ -10,7 +10,8 @@ per-transaction costs that do nothing for a local file add up:
 - a sign-in commits the user's new auth state, and the first page after it commits
   the user's activity again (JupyterHub records activity once per 30 s).
 
-PostgreSQL, the production option, keeps JupyterHub's connection check.
+The first two are SQLite's (PostgreSQL, the production option, keeps JupyterHub's
+connection check); the sign-in's activity is written with its auth state on either.
 """
 
 from __future__ import annotations
