@@ -141,7 +141,8 @@ def _answer_from_session(state: ORMExecuteState):
         return None
     if not state.is_select or state.is_column_load or state.is_relationship_load:
         return None
-    if state.parameters or state.load_options._populate_existing:
+    if state.parameters or state.load_options._populate_existing \
+            or state.execution_options.get("populate_existing"):
         return None
     lookup = single_lookup(state.statement)
     if lookup is None:

@@ -197,6 +197,8 @@ def test_queries_that_are_not_one_row_by_a_unique_column_ask_the_database(db, in
         lambda: db.query(orm.User).filter(orm.User.name == "user2").offset(1).first(),
         lambda: db.query(orm.User).join(orm.User.groups).filter(orm.User.name == "user2").first(),
         lambda: db.query(orm.User).filter(orm.User.name == "user2").populate_existing().first(),
+        lambda: db.execute(select(orm.User).where(orm.User.name == "user2")
+                           .execution_options(populate_existing=True)).scalar_one(),
     ]
     for ask in asks:
         assert statements(db, ask), ask
