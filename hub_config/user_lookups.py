@@ -70,11 +70,6 @@ def single_lookup(statement) -> tuple[type, str, object] | None:
     return cls, column.key, value.value
 
 
-def is_single_user_lookup(statement) -> bool:
-    found = single_lookup(statement)
-    return found is not None and found[0] is orm.User
-
-
 class SessionLookups:
     """What one session has found by unique column, and a result of the same shape to
     hand objects back in.
