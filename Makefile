@@ -8,14 +8,15 @@
 PREFIX    ?= /opt/bioimage-gateway
 VENV      ?= $(PREFIX)/venv
 PYTHON    := /usr/bin/python3
-STATE_DIR ?= /tmp/bioimage-gateway-demo
+# Empty: the demo makes a fresh private state directory (mkdtemp) and prints it.
+STATE_DIR ?=
 PORT      ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: demo test system venv benchmarks clean-demo
 
 demo: system venv
-	$(VENV)/bin/bioimage-gateway demo --port $(PORT) --state-dir $(STATE_DIR)
+	$(VENV)/bin/bioimage-gateway demo --port $(PORT) $(if $(STATE_DIR),--state-dir $(STATE_DIR))
 
 test: system venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -45,4 +46,5 @@ benchmarks: system venv
 	$(VENV)/bin/python benchmarks/spawn_latency.py
 
 clean-demo:
+	@test -n "$(STATE_DIR)" || { echo 'make clean-demo STATE_DIR=<the state directory the demo printed>'; exit 2; }
 	$(VENV)/bin/bioimage-gateway devstack down --state-dir $(STATE_DIR)

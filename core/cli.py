@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def _state_dir(value: str | None) -> Path:
-    return Path(value) if value else Path(tempfile.mkdtemp(prefix="bioimage-gateway-"))
+    """A given state directory (checked by ``devstack up``: root's alone), else a fresh private one."""
+    return Path(value) if value else Path(tempfile.mkdtemp(prefix="bioimage-gateway-demo-"))
 
 
 def cmd_devstack(args) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import alive, free_port, read_pid, run, stop_pid, wait_until
+from .processes import alive, free_port, private_log, read_pid, run, stop_pid, wait_until
 
 DATABASE = "slurm_acct_db"
 DB_USER = "slurm"
@@ -175,7 +175,7 @@ class LocalAccounting:
         mysql = self._mysql_user()
         data = self.db_dir / "data"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o755)
+        self.dir.chmod(0o711)  # mysql reaches its data folder here; nobody lists it
         if not (data / "mysql").is_dir():
             shutil.rmtree(self.db_dir, ignore_errors=True)
             data.mkdir(parents=True)
@@ -186,7 +186,7 @@ class LocalAccounting:
                  "--auth-root-authentication-method=socket", "--skip-test-db",
                  *MARIADB_OPTIONS])
         self.db_log.unlink(missing_ok=True)
-        with open(self.dir / "mariadbd.out", "ab") as out:
+        with private_log(self.dir / "mariadbd.out") as out:
             proc = self._db_proc = subprocess.Popen(
                 ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}",
                  f"--socket={self.db_socket}", f"--port={self.db_port}",

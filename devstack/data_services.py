@@ -19,6 +19,7 @@ from .irods_standin import IrodsStandin
 from .omero_standin import OmeroStandin
 from .processes import stop_pid
 from .samples import SAMPLES, rembi_avus, seed_irods, write_samples
+from .trust import write_user_files
 
 ZONE = "gwZone"
 SHARED_GROUP = "imaging"
@@ -46,25 +47,19 @@ def _share_with_group(catalogue, collection: str, local_tree: Path, group: str) 
 
 def write_irods_client_config(user: dict, host: str, port: int) -> Path:
     """What `iinit` leaves in a home: irods_environment.json and the scrambled .irodsA,
-    so code in the user's session reaches the stand-in with no arguments."""
+    so code in the user's session reaches the stand-in with no arguments.  Written as the
+    user (``trust.write_user_files``): root never writes through what a user left in a home."""
     from irods.password_obfuscation import encode
 
     account = pwd.getpwnam(user["username"])
-    directory = Path(account.pw_dir) / ".irods"
-    directory.mkdir(mode=0o700, exist_ok=True)
     environment = {"irods_host": host, "irods_port": port, "irods_zone_name": ZONE,
                    "irods_user_name": user["username"],
                    "irods_authentication_scheme": "native"}
-    files = {
-        directory / "irods_environment.json": json.dumps(environment, indent=2) + "\n",
-        directory / ".irodsA": encode(user["password"], uid=account.pw_uid),
-    }
-    for path, text in files.items():
-        path.write_text(text)
-        path.chmod(0o600)
-    for path in (directory, *files):
-        os.chown(path, account.pw_uid, account.pw_gid)
-    return directory / "irods_environment.json"
+    write_user_files(user["username"], {
+        ".irods/irods_environment.json": (json.dumps(environment, indent=2) + "\n", 0o600),
+        ".irods/.irodsA": (encode(user["password"], uid=account.pw_uid), 0o600),
+    })
+    return Path(account.pw_dir) / ".irods" / "irods_environment.json"
 
 
 def start_irods(state_dir: Path, users: list[dict], images: list[Path]) -> IrodsStandin:

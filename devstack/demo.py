@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bioimage_gateway.settings import load_settings
 
-from .processes import stop_pid, wait_until
+from .processes import private_log, stop_pid, wait_until
 from .stack import Devstack
 
 
@@ -57,7 +57,7 @@ class HubProcess:
         env = {**os.environ, "BIOIMAGE_GATEWAY_CONFIG": str(self.settings_path)}
         # configurable-http-proxy comes from npm's global prefix.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/local/bin"
-        out = open(self.log_path, "ab") if self.log_path else None
+        out = private_log(self.log_path) if self.log_path else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
             cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
@@ -88,11 +88,13 @@ def run_demo(state_dir: Path, port: int) -> int:
     hub = None
     try:
         record = stack.up(hub_port=port)
-        hub = HubProcess(Path(record["gateway_yaml"]), state_dir, log_path=state_dir / "hub.log")
+        hub = HubProcess(Path(record["gateway_yaml"]), stack.state_dir,
+                         log_path=stack.state_dir / "hub.log")
         hub.start()
         print("Demo users (password): "
               + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))
-        print(f"Hub log: {state_dir / 'hub.log'}")
+        print(f"State directory (root only): {stack.state_dir}")
+        print(f"Hub log: {stack.state_dir / 'hub.log'}")
         print(f"BioImage Gateway ready at {record['hub_url']}", flush=True)
         while not stopping.is_set():
             if hub.proc.poll() is not None:

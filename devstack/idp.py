@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .processes import alive, stop_pid
+from .processes import alive, private_log, stop_pid
 
 DEFAULT_PREFIX = Path("/opt/bioimage-gateway/idp")
 NODE_FILES = ("package.json", "package-lock.json", "server.mjs", "login.html")
@@ -272,7 +272,7 @@ class LocalIdentityProvider:
             os.fchmod(f.fileno(), 0o600)
             f.write(json.dumps(config, indent=2) + "\n")
         self.ready_file.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log:
+        with private_log(self.log_path) as log:
             self.proc = subprocess.Popen(
                 [node, str(prefix / "server.mjs"), str(self.config_file)],
                 cwd=prefix, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

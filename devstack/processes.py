@@ -68,6 +68,14 @@ def stop_pid(pid: int | None, timeout: float = 15) -> None:
         pass
 
 
+def private_log(path: Path):
+    """A log file for appending, readable by root alone: the stack's daemons log requests,
+    users and paths that the other users of the machine have no business reading."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # one left by an older run
+    return os.fdopen(fd, "ab")
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,10 +116,12 @@ class StandinProcess:
         raise NotImplementedError
 
     def _spawn(self, timeout: float):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The stand-in's catalogue and log are the server's own: users reach it over TCP only.
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state_dir.chmod(0o700)
         for name in ("server.json", "server.pid"):
             (self.state_dir / name).unlink(missing_ok=True)
-        self._log = open(self.state_dir / "server.log", "ab")
+        self._log = private_log(self.state_dir / "server.log")
         self._proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self._proc.pid
