@@ -41,7 +41,6 @@ class JobInfo:
     start_time: str = ""
     reason: str = ""
     exit_code: str = ""
-    stdout_path: str = ""
     end_time: str = ""  # expected end while running (start + walltime); actual once ended
 
     @property
@@ -180,7 +179,7 @@ class SlurmClient:
 
     async def job_records(self, job_ids) -> dict[str, JobInfo]:
         """How jobs that left the queue ended: sacct where accounting runs, the
-        controller's own records (kept MinJobAge seconds) for what sacct cannot
+        controller's own records (kept MinJobAge seconds, ``squeue -t all``) for what sacct cannot
         tell: accounting off or slurmdbd not answering, or a job whose end has not
         reached the database yet (slurmctld sends it on asynchronously)."""
         ids = sorted({check_job_id(j) for j in job_ids}, key=int)
@@ -215,27 +214,25 @@ class SlurmClient:
         return records
 
     async def _controller_records(self, ids: list[str]) -> dict[str, JobInfo]:
-        argv = [self._bin("scontrol"), "-o", "show", "job"]
+        """The controller's records of these jobs, ended ones included (``squeue -t all``)."""
+        argv = [self._bin("squeue"), "-h", "-t", "all", "-j", ",".join(ids), "-O", RECORD_FORMAT]
         result = await run_argv(argv, env=self.env, timeout=self.timeout)
         if result.returncode != 0:
-            raise SchedulerUnavailable(result.stderr.strip() or "scontrol failed")
+            if "Invalid job id specified" in result.stderr:
+                return {}
+            raise SchedulerUnavailable(result.stderr.strip() or "squeue failed")
         wanted = set(ids)
         records = {}
         for line in result.stdout.splitlines():
-            info = parse_scontrol_job(line)
+            info = parse_job_record(line)
             if info and info.job_id in wanted:
                 records[info.job_id] = info
         return records
 
     async def job_record(self, job_id: str) -> JobInfo | None:
-        """How a job ended, from the controller's record (kept MinJobAge seconds)."""
-        argv = [self._bin("scontrol"), "-o", "show", "job", check_job_id(job_id)]
-        result = await run_argv(argv, env=self.env, timeout=self.timeout)
-        if result.returncode != 0:
-            if "Invalid job id specified" in result.stderr:
-                return None
-            raise SchedulerUnavailable(result.stderr.strip() or "scontrol failed")
-        return parse_scontrol_job(result.stdout)
+        """How a job ended (or when it will end), from the controller's record (kept MinJobAge
+        seconds after the end)."""
+        return (await self._controller_records([check_job_id(job_id)])).get(job_id)
 
     async def tail_file(self, username: str, path: str, lines: int = 30) -> str:
         """The last lines of a file the user owns (job logs live in their home)."""
@@ -261,19 +258,34 @@ def parse_squeue_line(line: str) -> JobInfo:
     )
 
 
-_SCONTROL_FIELD = re.compile(r"(\w+)=(\S*)")
+# The controller's record of a job, as ``squeue -t all -O`` prints it.  Only fields that Slurm
+# itself writes, in fixed-width columns, the reason (which may hold spaces) last: a job's name,
+# comment or output path, which its owner chooses, never reach this parser.  ``scontrol show
+# job`` was parsed before, where a comment such as "x\nJobId=<another user's job>
+# JobState=FAILED" made a record for someone else's session.
+RECORD_FIELDS = (("JobID", 24), ("State", 24), ("BatchHost", 64), ("EndTime", 24), ("exit_code", 12),
+                 ("Reason", 0))
+RECORD_FORMAT = ",".join(f"{name}:{width}" if width else name for name, width in RECORD_FIELDS)
+_RECORD_LINE = re.compile(r"^([0-9]+) +([A-Z_]+) +(\S+) +(\S+) +([0-9]+) +(.*?)\s*$")
 
 
-def parse_scontrol_job(text: str) -> JobInfo | None:
-    fields = dict(_SCONTROL_FIELD.findall(text))
-    if "JobId" not in fields:
+def _exit_code(status: str) -> str:
+    """squeue's raw wait status as Slurm's ``exit:signal`` (768 -> 3:0, 9 -> 0:9)."""
+    value = int(status)
+    return f"{value >> 8}:{value & 0x7F}"
+
+
+def parse_job_record(line: str) -> JobInfo | None:
+    """One line of ``squeue -h -t all -O RECORD_FORMAT``; None for anything else."""
+    m = _RECORD_LINE.match(line)
+    if m is None:
         return None
+    job_id, state, node, end, status, reason = m.groups()
     return JobInfo(
-        job_id=fields["JobId"],
-        state=fields.get("JobState", "UNKNOWN"),
-        node=fields.get("BatchHost", ""),
-        reason=fields.get("Reason", ""),
-        exit_code=fields.get("ExitCode", ""),
-        stdout_path=fields.get("StdOut", ""),
-        end_time="" if fields.get("EndTime") in (None, "Unknown", "None") else fields["EndTime"],
+        job_id=job_id,
+        state=state,
+        node="" if node in ("n/a", "(null)") else node,
+        reason=reason,
+        exit_code=_exit_code(status),
+        end_time="" if end in ("N/A", "Unknown", "None", "(null)") else end,
     )
