@@ -60,11 +60,13 @@ def _template(name: str):
 
 
 class SessionStartError(RuntimeError):
-    """The session's job could not start; the message is shown on the spawn page."""
+    """The session's job could not start.  The spawn page shows the message and ``for_user``
+    after it (the job log's last lines); the hub's log (which JupyterHub writes from ``str()``)
+    gets the message alone."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, for_user: str = ""):
         super().__init__(message)
-        self.jupyterhub_message = message
+        self.jupyterhub_message = f"{message}\n{for_user}" if for_user else message
 
 
 def refuse(exc: InvalidRequest) -> web.HTTPError:
@@ -318,17 +320,16 @@ class GatewaySpawner(SlurmSpawner):
             except SchedulerUnavailable:
                 pass
         how = record.describe() if record else "it left the queue"
-        log_path = record.stdout_path if record and record.stdout_path else ""
-        if not log_path:
-            log_path = self._log_path(pwd.getpwnam(self.user.name).pw_dir).replace("%j", job_id)
+        # The path the batch script gave the job (--output), not one read back from Slurm.
+        log_path = self._log_path(pwd.getpwnam(self.user.name).pw_dir).replace("%j", job_id)
         tail = await self.slurm.tail_file(self.user.name, log_path, self.log_tail_lines)
         message = f"{summary}: Slurm job {job_id} ended ({how})."
+        # The hub's log names the job and how it ended; the log's lines are the user's (their
+        # code's output, perhaps their data's names) and go to the user's page only.
+        self.log.warning("Session of %s failed to start: %s (log: %s)", self.user.name, message, log_path)
         if tail.strip():
-            message += f"\nLast lines of {log_path}:\n{tail.rstrip()}"
-        else:
-            message += f"\nThe job wrote no log at {log_path}."
-        self.log.warning("Session of %s failed to start: %s", self.user.name, message)
-        return SessionStartError(message)
+            return SessionStartError(message, f"Last lines of {log_path}:\n{tail.rstrip()}")
+        return SessionStartError(message, f"The job wrote no log at {log_path}.")
 
     async def start(self):
         self.ip = self.site.session.listen_ip

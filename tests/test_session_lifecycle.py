@@ -78,7 +78,7 @@ def broken_hub(devstack):
     process.stop()
 
 
-def test_job_that_dies_at_start_fails_the_spawn_within_two_polls(broken_hub, slurm):
+def test_job_that_dies_at_start_fails_the_spawn_within_two_polls(broken_hub, slurm, devstack):
     bob = logged_in(broken_hub.url, "bob")
     started = time.monotonic()
     response = bob.submit_form(CPU)
@@ -98,6 +98,10 @@ def test_job_that_dies_at_start_fails_the_spawn_within_two_polls(broken_hub, slu
     assert time.time() - end < 2 * 1.0 + 2  # two poll intervals, and Slurm's 1 s clock
     assert bob.server() is None
     assert jobs_of(slurm, "bob") == []
+    # The log's lines are bob's, for bob: the hub's log names the job and how it ended only.
+    hub_log = (devstack.state_dir / "broken-hub.log").read_text()
+    assert f"Slurm job {job_id} ended (FAILED" in hub_log and "exit code 3:0" in hub_log
+    assert "no such module microscopy/9.9" not in hub_log
 
 
 def test_job_cancelled_while_starting_is_reported(bob, slurm):
