@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +43,9 @@ from typing import Any
 
 from .processes import alive, stop_pid
 
-DEFAULT_PREFIX = Path("/opt/bioimage-gateway/idp")
+# Beside the Python environment it serves (/opt/bioimage-gateway/venv ->
+# /opt/bioimage-gateway/idp), so that each installation prefix has its own copy.
+DEFAULT_PREFIX = Path(sys.prefix).parent / "idp"
 NODE_FILES = ("package.json", "package-lock.json", "server.mjs", "login.html")
 DEFAULT_SLUG = "bioimage-gateway"
 EMAIL_DOMAIN = "example.org"
