@@ -249,6 +249,7 @@ class Devstack:
         node_cpus: int | None = None,
         idp_users: list[dict] | None = None,
         accounting: bool | None = None,
+        idp_email_scope_mapping: str = "authentik-default",
     ) -> dict:
         if os.geteuid() != 0:
             raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
@@ -281,6 +282,7 @@ class Devstack:
                 "redirect_uris": [urls["callback"]],
                 "post_logout_redirect_uris": [urls["after_logout"]],
             }],
+            email_scope_mapping=idp_email_scope_mapping,
         )
         data_pids: dict = {}
         data_services: dict = {}
@@ -339,6 +341,7 @@ class Devstack:
                 "end_session_url": idp.end_session_url,
                 "port": idp.port,
                 "users_file": str(idp.users_file),
+                "email_scope_mapping": idp.email_scope_mapping,
             },
             "users": [
                 {"username": u["username"], "groups": u["groups"]} for u in DEMO_USERS
