@@ -98,6 +98,8 @@ def hub_urls(hub_port: int) -> dict[str, str]:
 def authentik_settings(state_dir: Path, idp: LocalIdentityProvider) -> dict:
     return {
         "provider": "authentik",
+        # The local IdP listens on loopback only, without TLS.
+        "allow_insecure_http": True,
         "url": idp.base_url,
         "application_slug": idp.slug,
         "client_id": OIDC_CLIENT_ID,
