@@ -179,6 +179,10 @@ def test_an_admin_gets_the_admin_pages_but_not_alices_session(hub, alice):
     # Nor can ada get there another way: a token made out to alice, or a share of her server.
     assert ada.api("POST", "/users/alice/tokens", json={"note": "ada's"}).status_code == 403
     assert ada.api("POST", "/shares/alice/", json={"user": "ada"}).status_code == 403
+    # What the admin page does stays hers: groups listed, alice's session stopped.
+    assert ada.api("GET", "/groups").status_code == 200
+    assert ada.api("DELETE", "/users/alice/server").status_code in (202, 204)
+    alice.wait_stopped()
 
 
 @pytest.fixture(scope="module")
