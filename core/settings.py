@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -120,6 +121,17 @@ class DummyAuth(_Model):
     )
 
 
+# Accounts no IdP user may become, whatever their uid: the superuser, the
+# daemons the gateway and its cluster run as, and the usual system accounts.
+# The hub's own account is refused as well, whichever it is.
+SYSTEM_ACCOUNTS = (
+    "root", "daemon", "bin", "sys", "sync", "adm", "nobody", "nfsnobody",
+    "slurm", "munge", "jupyterhub", "bioimage-gateway", "postgres", "mysql", "irods", "omero",
+    "sshd", "messagebus", "polkitd", "systemd-network", "systemd-resolve", "systemd-timesync",
+    "www-data", "_apt",
+)
+
+
 class PosixMapping(_Model):
     """How an IdP username becomes the POSIX account a session runs as."""
 
@@ -127,7 +139,18 @@ class PosixMapping(_Model):
         default=None, description="Claim holding the POSIX name (e.g. a custom 'uid')."
     )
     map_file: Path | None = Field(
-        default=None, description="YAML/JSON file mapping IdP usernames to POSIX names."
+        default=None,
+        description="YAML/JSON file mapping IdP usernames (exactly as the IdP sends them) "
+        "to POSIX names; a user it does not list is refused.",
+    )
+    min_uid: int = Field(
+        default=1000, ge=0,
+        description="Accounts with a lower uid are system accounts: no one signs in as them.",
+    )
+    denied_accounts: list[str] = Field(
+        default_factory=lambda: list(SYSTEM_ACCOUNTS),
+        description="Accounts no one signs in as, whatever their uid (the hub's own account "
+        "is always among them).",
     )
 
     @model_validator(mode="after")
@@ -141,8 +164,14 @@ class AuthentikAuth(_Model):
     """The site's Authentik, as an OIDC provider (see the README for registering the app)."""
 
     provider: Literal["authentik"]
+    # Before url: its check reads this.
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Accept an http:// url (sign-in codes and tokens unencrypted on the "
+        "network): for a test stack on one machine only.",
+    )
     url: str = Field(
-        pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="Authentik's base URL."
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="Authentik's base URL (https://)."
     )
     application_slug: Slug
     client_id: str = Field(min_length=1)
@@ -154,8 +183,26 @@ class AuthentikAuth(_Model):
     allowed_groups: list[GroupName] = Field(
         min_length=1, description="Groups whose members may sign in."
     )
-    admin_groups: list[GroupName] = Field(default_factory=list)
-    require_verified_email: bool = True
+    admin_groups: list[GroupName] = Field(
+        default_factory=list,
+        description="Groups whose members get the hub's admin pages (users, servers, groups); "
+        "not access to other users' sessions unless admin_server_access is on.",
+    )
+    admin_server_access: bool = Field(
+        default=False,
+        description="Let admins open other users' running sessions and read their sign-in "
+        "tokens (auth state); each time an admin is let into another user's session, the "
+        "hub's log says who, whose and where.",
+    )
+    require_verified_email: bool = Field(
+        default=False,
+        description="Refuse users whose email_verified claim is not true. Authentik "
+        "(2025.10 and later) sends email_verified: false for everyone with its default "
+        "'email' scope mapping, so turning this on needs a custom scope mapping for the "
+        "scope 'email' on the provider that returns {\"email\": request.user.email, "
+        "\"email_verified\": True} (or the value of a user attribute the site keeps "
+        "up to date), selected in place of the default one.",
+    )
     posix: PosixMapping = PosixMapping()
     pass_access_token: bool = Field(
         default=False,
@@ -169,6 +216,17 @@ class AuthentikAuth(_Model):
     after_logout_url: str = Field(
         default="", description="Where Authentik sends users after logout; default the hub."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _encrypted(cls, value: str, info: ValidationInfo) -> str:
+        if value.lower().startswith("http://") and not info.data.get("allow_insecure_http"):
+            raise ValueError(
+                f"{value!r} is plain http, which would carry sign-in codes and tokens "
+                "unencrypted; use https://, or set auth.allow_insecure_http: true for a "
+                "test stack on one machine"
+            )
+        return value
 
 
 AuthSettings = DummyAuth | AuthentikAuth

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-POSIX_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+# \Z, not $: "$" also matches before a trailing newline, so "alice\n" would pass
+# every caller that uses .match.
+POSIX_USERNAME = re.compile(r"\A[a-z_][a-z0-9_.-]{0,31}\Z")
 JOB_ID = re.compile(r"^[0-9]{1,12}$")
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}

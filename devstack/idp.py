@@ -13,8 +13,21 @@ Authentik's URLs for one application slug::
 and Authentik's claims (``sub``, ``preferred_username``, ``name``, ``email``,
 ``email_verified``, ``groups``; ``groups`` comes with the ``profile`` scope).
 
+``email_verified`` is what Authentik's scope mapping for ``email`` returns.
+The mapping Authentik ships (``blueprints/system/providers-oauth2.yaml``,
+managed ``goauthentik.io/providers/oauth2/scope-email``) returns
+``"email_verified": False`` for every user since Authentik 2025.10 (changed by
+goauthentik/authentik#16206; "Default OAuth scope mappings" in the 2025.10
+release notes): Authentik cannot tell whether a user controls an address
+(its docs, "Verify email addresses"; goauthentik/authentik#23390). That is
+this provider's default too (``email_scope_mapping="authentik-default"``).
+Sites that verify addresses configure a custom mapping, which the other modes
+stand for: ``"verified"`` (the docs' mapping returning ``True``) and
+``"user-attribute"`` (the docs' mapping returning the user's
+``attributes["email_verified"]``, false when unset).
+
 Users live in a JSON file (a list of ``{"username", "password", "groups",
-"email"?, "email_verified"?, "name"?}``) that the provider reads again on every
+"email"?, "name"?, "attributes"?}``) that the provider reads again on every
 login and token request, so a change to a user's groups takes effect at the
 next login without restarting anything (:meth:`LocalIdentityProvider.set_user`).
 
@@ -33,6 +46,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -42,10 +56,14 @@ from typing import Any
 
 from .processes import alive, private_log, stop_pid
 
-DEFAULT_PREFIX = Path("/opt/bioimage-gateway/idp")
+# Beside the Python environment it serves (/opt/bioimage-gateway/venv ->
+# /opt/bioimage-gateway/idp), so that each installation prefix has its own copy.
+DEFAULT_PREFIX = Path(sys.prefix).parent / "idp"
 NODE_FILES = ("package.json", "package-lock.json", "server.mjs", "login.html")
 DEFAULT_SLUG = "bioimage-gateway"
 EMAIL_DOMAIN = "example.org"
+# Authentik's shipped scope mapping for 'email', and the custom ones sites configure.
+EMAIL_SCOPE_MAPPINGS = ("authentik-default", "verified", "user-attribute")
 
 
 def node_sources() -> Path:
@@ -108,7 +126,10 @@ def ensure_installed(prefix: Path = DEFAULT_PREFIX, *, npm: str | None = None) -
 
 
 def demo_users() -> list[dict[str, Any]]:
-    """The devstack's demo accounts (``stack.DEMO_USERS``) with Authentik's profile fields."""
+    """The devstack's demo accounts (``stack.DEMO_USERS``) with Authentik's profile fields.
+
+    Like users Authentik's administrators create, they have an address and no
+    record of it being verified."""
     from .stack import DEMO_USERS
 
     return [
@@ -118,7 +139,6 @@ def demo_users() -> list[dict[str, Any]]:
             "groups": list(u["groups"]),
             "name": u["username"].capitalize(),
             "email": f"{u['username']}@{EMAIL_DOMAIN}",
-            "email_verified": True,
         }
         for u in DEMO_USERS
     ]
@@ -140,6 +160,7 @@ class LocalIdentityProvider:
     the devstack's ``demo-users.json``), used in place. ``clients`` is a list of
     ``{"client_id", "client_secret"?, "redirect_uris", "post_logout_redirect_uris"}``;
     a missing secret is generated and can be read back from :attr:`clients`.
+    ``email_scope_mapping`` is one of :data:`EMAIL_SCOPE_MAPPINGS` (see above).
     """
 
     def __init__(
@@ -153,7 +174,13 @@ class LocalIdentityProvider:
         prefix: Path = DEFAULT_PREFIX,
         ttl: dict[str, int] | None = None,
         node: str | None = None,
+        email_scope_mapping: str = "authentik-default",
     ):
+        if email_scope_mapping not in EMAIL_SCOPE_MAPPINGS:
+            raise ValueError(
+                f"email_scope_mapping {email_scope_mapping!r} is not one of {', '.join(EMAIL_SCOPE_MAPPINGS)}"
+            )
+        self.email_scope_mapping = email_scope_mapping
         self.state_dir = Path(state_dir)
         self.port = int(port)
         self.slug = slug
@@ -267,6 +294,7 @@ class LocalIdentityProvider:
             "clients": self.clients,
             "cookie_keys": [secrets.token_hex(32)],
             "ttl": self.ttl,
+            "email_scope_mapping": self.email_scope_mapping,
         }
         with open(self.config_file, "w") as f:
             os.fchmod(f.fileno(), 0o600)
@@ -334,4 +362,5 @@ class LocalIdentityProvider:
         self.stop()
 
 
-__all__ = ["DEFAULT_PREFIX", "LocalIdentityProvider", "demo_users", "ensure_installed"]
+__all__ = ["DEFAULT_PREFIX", "EMAIL_SCOPE_MAPPINGS", "LocalIdentityProvider", "demo_users",
+           "ensure_installed"]

@@ -99,6 +99,8 @@ def hub_urls(hub_port: int) -> dict[str, str]:
 def authentik_settings(state_dir: Path, idp: LocalIdentityProvider) -> dict:
     return {
         "provider": "authentik",
+        # The local IdP listens on loopback only, without TLS.
+        "allow_insecure_http": True,
         "url": idp.base_url,
         "application_slug": idp.slug,
         "client_id": OIDC_CLIENT_ID,
@@ -262,6 +264,7 @@ class Devstack:
         node_cpus: int | None = None,
         idp_users: list[dict] | None = None,
         accounting: bool | None = None,
+        idp_email_scope_mapping: str = "authentik-default",
     ) -> dict:
         if os.geteuid() != 0:
             raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
@@ -296,6 +299,7 @@ class Devstack:
                 "redirect_uris": [urls["callback"]],
                 "post_logout_redirect_uris": [urls["after_logout"]],
             }],
+            email_scope_mapping=idp_email_scope_mapping,
         )
         data_pids: dict = {}
         data_services: dict = {}
@@ -353,6 +357,7 @@ class Devstack:
                 "end_session_url": idp.end_session_url,
                 "port": idp.port,
                 "users_file": str(idp.users_file),
+                "email_scope_mapping": idp.email_scope_mapping,
             },
             "users": [
                 {"username": u["username"], "groups": u["groups"]} for u in DEMO_USERS

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import secrets
 import sys
 from pathlib import Path
+
+from jupyterhub.apihandlers.auth import OAuthAuthorizeHandler
+from jupyterhub.log import log_request
 
 from bioimage_gateway.settings import GatewaySettings
 
@@ -50,7 +54,6 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     # Sessions are Slurm jobs that outlive a hub restart; the hub must not stop them.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = True
-    c.JupyterHub.admin_users = set(hub.admin_users)
     if hub.announcement:
         # JupyterHub's templates read these per page; home and spawn are where users act.
         c.JupyterHub.template_vars = {
@@ -69,6 +72,7 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.Spawner.poll_interval = max(1, int(settings.slurm.poll_interval))
 
     configure_idle_culler(c, settings)
+    configure_admins(c, settings)
 
     auth = settings.auth
     if auth is not None and auth.provider == "authentik":
@@ -105,6 +109,70 @@ def configure_idle_culler(c, settings: GatewaySettings) -> None:
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         "services": ["idle-culler"],
     }]
+
+
+ADMIN_ROLE = "gateway-admin"
+# JupyterHub's own admin role, less what lets an admin act as another user:
+# access:servers (their sessions), tokens (a token made out to them), shares
+# (which include access:servers) and admin:users (renaming oneself onto
+# another user's POSIX account; reading their IdP tokens in auth state).
+ADMIN_SCOPES = (
+    "admin-ui", "users", "delete:users", "read:roles", "admin:servers", "read:tokens",
+    "admin:groups", "list:services", "read:services", "read:hub", "proxy", "shutdown",
+    "access:services", "read:metrics", "read:shares", "users:shares", "groups:shares",
+)
+# What auth.admin_server_access adds: other users' sessions and sign-in tokens.
+SERVER_ACCESS_SCOPES = ("access:servers", "admin:auth_state")
+
+
+def admin_role(settings: GatewaySettings) -> dict:
+    """The role of the site's admins: hub.admin_users and members of auth.admin_groups."""
+    auth = settings.auth
+    server_access = getattr(auth, "admin_server_access", False)
+    return {
+        "name": ADMIN_ROLE,
+        "description": "The gateway's administrators"
+        + (", with access to users' sessions" if server_access else ""),
+        "scopes": list(ADMIN_SCOPES) + (list(SERVER_ACCESS_SCOPES) if server_access else []),
+        "users": list(settings.hub.admin_users),
+        "groups": list(getattr(auth, "admin_groups", [])),
+    }
+
+
+def configure_admins(c, settings: GatewaySettings) -> None:
+    # Not JupyterHub's `admin` role (admin_users, Authenticator.admin_groups),
+    # which can open every user's session.
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    c.JupyterHub.load_roles = [*roles, admin_role(settings)]
+    tornado_settings = dict(c.JupyterHub.tornado_settings) if "tornado_settings" in c.JupyterHub else {}
+    tornado_settings["log_function"] = log_requests_and_server_access
+    c.JupyterHub.tornado_settings = tornado_settings
+
+
+def log_requests_and_server_access(handler) -> None:
+    """JupyterHub's request log, plus a line each time the hub lets a user into
+    a server that is not theirs (an admin with auth.admin_server_access)."""
+    log_request(handler)
+    if not isinstance(handler, OAuthAuthorizeHandler) or handler.get_status() != 302:
+        return
+    user = handler.current_user
+    client_id = handler.get_argument("client_id", "")
+    if user is None or not client_id:
+        return  # sent to the login page first
+    client = handler.oauth_provider.fetch_by_client_id(client_id)
+    spawner = getattr(client, "spawner", None)
+    if spawner is None or spawner.user.name == user.name:
+        return
+    # The same check JupyterHub made before issuing the code.
+    if not handler.get_scope_filter("access:servers")(spawner, kind="server"):
+        return
+    redirect_uri = handler.get_argument("redirect_uri", "")
+    server_url = posixpath.dirname(redirect_uri.split("?", 1)[0]) + "/"
+    handler.log.warning(
+        "Server access: %s was let into %s's server %s at %s (OAuth client %s)",
+        user.name, spawner.user.name, repr(spawner.name) if spawner.name else "(default)",
+        server_url, client_id,
+    )
 
 
 def _read_secret(path: Path, what: str) -> str:
@@ -164,8 +232,12 @@ def configure_authentik(c, settings: GatewaySettings) -> None:
     a.manage_groups = True
     a.auth_state_groups_key = "oauth_user.groups"
     a.allowed_groups = set(auth.allowed_groups)
-    a.admin_groups = set(auth.admin_groups)
+    # Admins by group get the gateway's admin role (configure_admins), through the
+    # groups the hub keeps from the IdP, not Authenticator.admin_groups (the full
+    # `admin` role).
     a.require_verified_email = auth.require_verified_email
     a.posix_username_claim = auth.posix.claim or ""
     a.posix_map_file = str(auth.posix.map_file or "")
+    a.posix_min_uid = auth.posix.min_uid
+    a.posix_denied_accounts = list(auth.posix.denied_accounts)
     c.GatewaySpawner.pass_access_token = auth.pass_access_token

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+import pwd
+import re
 import time
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
-import jwt
 import pytest
 import requests
 from support import PASSWORDS, logged_in, session_env, start_hub
@@ -14,7 +15,7 @@ from support import PASSWORDS, logged_in, session_env, start_hub
 from bioimage_gateway.devstack.hubclient import HubClient
 from bioimage_gateway.devstack.idp import LocalIdentityProvider, demo_users
 from bioimage_gateway.devstack.processes import free_port
-from bioimage_gateway.hub_config import authenticator as gw_authenticator
+from bioimage_gateway.settings import load_settings
 
 
 @pytest.fixture
@@ -39,11 +40,21 @@ def test_user_in_no_allowed_group_gets_a_page_naming_what_to_ask_for(hub):
     assert "Traceback" not in response.text
 
 
-def test_unverified_email_is_never_admitted(hub, idp):
-    idp.set_user("bob", email_verified=False)
-    _, response = sign_in(hub, "bob")
+def test_authentiks_default_claims_sign_in(hub, devstack):
+    """Authentik (2025.10 and later) says email_verified: false for everyone by default."""
+    assert devstack.record()["idp"]["email_scope_mapping"] == "authentik-default"
+    bob, response = sign_in(hub, "bob")
+    assert response.status_code == 200 and response.url.startswith(hub.url)
+    assert bob.api("GET", "/user").json()["name"] == "bob"
+
+
+def test_a_site_that_requires_verified_emails_says_what_authentik_needs(verified_email_hub):
+    _, response = sign_in(verified_email_hub, "bob")
     assert response.status_code == 403
-    assert "is not verified" in response.text
+    text = html.unescape(response.text)
+    assert "(bob@example.org) is not marked as verified by Authentik" in text
+    assert "needs a custom scope mapping for the scope 'email'" in text
+    assert "jupyterhub-hub-login" not in response.cookies
 
 
 def test_user_without_a_posix_account_gets_a_clear_page(hub, idp):
@@ -66,13 +77,140 @@ def test_groups_from_the_idp_decide_profiles(hub):
 
 def test_admin_rights_follow_the_idp_group_at_next_login(hub, idp):
     ada = logged_in(hub.url, "ada")
-    assert ada.api("GET", "/user").json()["admin"] is True
+    assert ada.http.get(ada.url("/hub/admin"), timeout=30).status_code == 200
     idp.set_user("ada", groups=["imaging"])
     ada.http.get(ada.url("/hub/logout"), timeout=30)
     ada = logged_in(hub.url, "ada")
-    me = ada.api("GET", "/user").json()
-    assert me["admin"] is False
-    assert "gateway-admins" not in me["groups"]
+    assert ada.http.get(ada.url("/hub/admin"), timeout=30).status_code == 403
+    assert "gateway-admins" not in ada.api("GET", "/user").json()["groups"]
+
+
+# ---- one identity, one account -------------------------------------------------------------
+
+def add_idp_user(idp, username: str, password: str, groups=("imaging",)) -> None:
+    users = idp.read_users()
+    users.append({"username": username, "password": password, "groups": list(groups),
+                  "email": "someone@example.org"})
+    idp.write_users(users)
+
+
+def refused_sign_in(hub, username: str, password: str) -> str:
+    client = HubClient(hub.url, username, password)
+    client.http.get(client.url("/hub/login"), timeout=30)
+    response = client.login_oidc(check=False)
+    assert response.status_code == 403, (response.url, response.status_code)
+    assert "jupyterhub-hub-login" not in client.http.cookies
+    return html.unescape(response.text)
+
+
+def test_an_idp_name_differing_only_in_case_does_not_enter_alices_account(hub, idp):
+    add_idp_user(idp, "Alice", "someone-else")
+    page = refused_sign_in(hub, "Alice", "someone-else")
+    assert "as 'Alice', which reads as 'alice' once case and look-alike characters are folded" in page
+    assert "you were not signed in" in page
+
+
+def _a_system_account_below_1000(devstack) -> str:
+    """An account of this machine with a uid below 1000 that is not on the site's deny list."""
+    denied = load_settings(devstack.record()["gateway_yaml"]).auth.posix.denied_accounts
+    return next(p.pw_name for p in sorted(pwd.getpwall(), key=lambda p: p.pw_uid)
+                if 0 < p.pw_uid < 1000 and p.pw_name not in denied)
+
+
+def test_system_accounts_are_refused_with_a_page_that_says_so(hub, idp, devstack):
+    system = _a_system_account_below_1000(devstack)
+    uid = pwd.getpwnam(system).pw_uid
+    cases = {"root": "a system account (uid 0, below 1000)",
+             system: f"a system account (uid {uid}, below 1000)",
+             "nobody": "an account kept for the system"}  # uid 65534, on the deny list
+    for name, why in cases.items():
+        add_idp_user(idp, name, f"{name}-password")
+        page = refused_sign_in(hub, name, f"{name}-password")
+        assert f"as the cluster account {name!r}: {why}, which this gateway never runs sessions as" in page
+
+
+@pytest.fixture(scope="module")
+def map_file_hub(devstack):
+    """A site that maps IdP usernames to cluster accounts with a file: the IdP's kate is bob."""
+    map_file = devstack.state_dir / "posix-map.yaml"
+    map_file.write_text("alice: alice\nkate: bob\n")
+    users = demo_users() + [
+        {"username": "kate", "password": "kate-password", "groups": ["imaging"]},
+        {"username": "\u212aate", "password": "kelvin-password", "groups": ["imaging"]},  # KELVIN SIGN
+    ]
+    hub = oidc_hub(devstack, "map-file-hub", users=users, posix={"map_file": str(map_file)})
+    try:
+        yield hub
+    finally:
+        stop_oidc_hub(hub)
+
+
+def test_the_mapping_file_decides_and_a_name_it_does_not_list_is_refused(map_file_hub):
+    kate, response = sign_in(map_file_hub, "kate", "kate-password")
+    assert response.status_code == 200 and kate.api("GET", "/user").json()["name"] == "bob"
+    page = refused_sign_in(map_file_hub, "tom", PASSWORDS["tom"])
+    assert "the gateway's list of cluster accounts does not include you" in page
+
+
+def test_a_kelvin_sign_does_not_enter_the_account_mapped_to_kate(map_file_hub):
+    page = refused_sign_in(map_file_hub, "\u212aate", "kelvin-password")
+    assert "as '\\u212aate', which reads as 'kate' once case and look-alike characters are folded" in page
+
+
+# ---- admins: the admin pages, not other users' sessions ----------------------------------
+
+def start_session(client: HubClient) -> None:
+    response = client.submit_form({"profile": "cpu", "cpus": "1", "memory_gb": "1", "walltime_hours": "1"})
+    assert response.status_code == 302
+    assert client.progress()[-1].get("ready")
+
+
+def test_an_admin_gets_the_admin_pages_but_not_alices_session(hub, alice):
+    start_session(alice)
+    ada = logged_in(hub.url, "ada")
+    assert ada.http.get(ada.url("/hub/admin"), timeout=30).status_code == 200
+    users = {u["name"]: u for u in ada.api("GET", "/users").json()}
+    assert users["alice"]["servers"][""]["ready"]
+    # Opening alice's JupyterLab ends at the hub's refusal, not at its "Authorize access" page.
+    page = ada.http.get(ada.url("/user/alice/lab"), timeout=60)
+    assert page.status_code == 403
+    assert "You do not have permission to access" in page.text
+    assert urlparse(page.url).path == "/hub/api/oauth2/authorize"
+    # Nor can ada get there another way: a token made out to alice, or a share of her server.
+    assert ada.api("POST", "/users/alice/tokens", json={"note": "ada's"}).status_code == 403
+    assert ada.api("POST", "/shares/alice/", json={"user": "ada"}).status_code == 403
+    # What the admin page does stays hers: groups listed, alice's session stopped.
+    assert ada.api("GET", "/groups").status_code == 200
+    assert ada.api("DELETE", "/users/alice/server").status_code in (202, 204)
+    alice.wait_stopped()
+
+
+@pytest.fixture(scope="module")
+def server_access_hub(devstack):
+    hub = oidc_hub(devstack, "server-access-hub", admin_server_access=True)
+    try:
+        yield hub
+    finally:
+        stop_oidc_hub(hub)
+
+
+def test_with_admin_server_access_an_admin_opens_alices_session_and_the_hub_logs_it(
+        server_access_hub, devstack):
+    alice = logged_in(server_access_hub.url, "alice")
+    try:
+        start_session(alice)
+        ada = logged_in(server_access_hub.url, "ada")
+        page = ada.http.get(ada.url("/user/alice/lab"), timeout=60)
+        # JupyterHub asks ada to confirm; she does.
+        assert page.status_code == 200 and "Authorize access" in page.text, page.url
+        fields = re.findall(r'<input type="hidden" name="(_xsrf|scopes)" value="([^"]*)"', page.text)
+        lab = ada.http.post(page.url, data=[(k, html.unescape(v)) for k, v in fields], timeout=60)
+        assert lab.status_code == 200
+        assert urlparse(lab.url).path == "/user/alice/lab"
+        log = (devstack.state_dir / "server-access-hub.log").read_text()
+        assert "Server access: ada was let into alice's server (default) at /user/alice/" in log
+    finally:
+        alice.stop()
 
 
 def _callback_of_a_fresh_login(hub, username: str):
@@ -148,13 +286,13 @@ def _revoke(issuer: str, secret: str, token: str) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.fixture(scope="module")
-def short_token_hub(devstack):
-    """A hub on an identity provider whose access tokens live 3 s (Authentik's default is 300)."""
+def oidc_hub(devstack, name: str, *, users=None, ttl=None, email_scope_mapping="authentik-default",
+             **auth_changes):
+    """A hub of its own on an identity provider of its own (which knows the hub's callback URL)."""
     port = free_port()
-    state = devstack.state_dir / "short-token-idp"
+    state = devstack.state_dir / f"{name}-idp"
     idp = LocalIdentityProvider(
-        state, users=demo_users(), ttl={"AccessToken": 3},
+        state, users=users or demo_users(), ttl=ttl, email_scope_mapping=email_scope_mapping,
         clients=[{"client_id": "bioimage-gateway",
                   "redirect_uris": [f"http://127.0.0.1:{port}/hub/oauth_callback"],
                   "post_logout_redirect_uris": [f"http://127.0.0.1:{port}/hub/login"]}],
@@ -162,14 +300,44 @@ def short_token_hub(devstack):
     idp.start()
     secret_file = state / "client-secret"
     secret_file.write_text(idp.clients[0]["client_secret"])
-    hub = start_hub(devstack, "short-token-hub", port=port, auth_changes={
-        "url": idp.base_url, "client_secret_file": str(secret_file)})
+    try:
+        hub = start_hub(devstack, name, port=port, auth_changes={
+            "url": idp.base_url, "client_secret_file": str(secret_file), **auth_changes})
+    except BaseException:
+        idp.stop()
+        raise
     hub.idp = idp
+    return hub
+
+
+def stop_oidc_hub(hub) -> None:
+    try:
+        hub.stop()
+    finally:
+        hub.idp.stop()
+
+
+@pytest.fixture(scope="module")
+def verified_email_hub(devstack):
+    """A site that admits verified addresses only, on Authentik's shipped scope mappings."""
+    hub = oidc_hub(devstack, "verified-email-hub", require_verified_email=True)
     try:
         yield hub
     finally:
-        hub.stop()
-        idp.stop()
+        stop_oidc_hub(hub)
+
+
+@pytest.fixture(scope="module")
+def short_token_hub(devstack):
+    """A hub on an identity provider whose access tokens live 3 s (Authentik's default is 300).
+
+    Its admins may read users' auth state (admin_server_access), where the tests look
+    at the tokens."""
+    hub = oidc_hub(devstack, "short-token-hub", ttl={"AccessToken": 3}, admin_server_access=True)
+    try:
+        yield hub
+    finally:
+        stop_oidc_hub(hub)
 
 
 def _auth_state(hub, username: str) -> dict:
@@ -220,56 +388,3 @@ def test_access_token_reaches_the_session_when_the_site_opts_in(hub, devstack, b
                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert userinfo.status_code == 200
     assert userinfo.json()["preferred_username"] == "bob"
-
-
-# ---- claims from the ID token at sign-in (pure logic; the sign-ins above run it for real)
-
-ISSUER = "https://auth.example.org/application/o/bioimage-gateway/"
-
-
-def _token_response(**claims) -> dict:
-    now = int(time.time())
-    payload = {"iss": ISSUER, "aud": "bioimage-gateway", "iat": now, "exp": now + 300,
-               "sub": "abc", "nonce": "n", "preferred_username": "alice",
-               "groups": ["imaging"], "email": "alice@example.org", "email_verified": True}
-    payload.update(claims)
-    payload = {k: v for k, v in payload.items() if v is not None}
-    # The signature is not what is checked (the token comes straight from the IdP).
-    return {"access_token": "a", "token_type": "Bearer",
-            "id_token": jwt.encode(payload, "some-key-of-at-least-32-bytes-!!", algorithm="HS256")}
-
-
-def _claims(token_info: dict, fresh: bool = True):
-    auth = gw_authenticator.AuthentikOAuthenticator(
-        client_id="bioimage-gateway", issuer=ISSUER, username_claim="preferred_username",
-        manage_groups=True, auth_state_groups_key="oauth_user.groups")
-    if fresh:
-        gw_authenticator._fresh_token_response.set(token_info)
-    try:
-        return auth._claims_of_fresh_id_token(token_info)
-    finally:
-        gw_authenticator._fresh_token_response.set(None)
-
-
-def test_sign_in_takes_the_users_claims_from_the_fresh_id_token():
-    claims = _claims(_token_response())
-    assert claims["preferred_username"] == "alice" and claims["groups"] == ["imaging"]
-    assert claims["email_verified"] is True
-    # Only what describes the user is kept, as the userinfo endpoint would answer.
-    assert not {"iss", "aud", "exp", "iat", "nonce"} & claims.keys()
-
-
-@pytest.mark.parametrize("change", [
-    {"groups": None},              # the IdP keeps groups out of its ID tokens
-    {"email_verified": None},
-    {"aud": "another-client"},
-    {"iss": "https://elsewhere.example.org/"},
-    {"exp": int(time.time()) - 60},
-])
-def test_an_id_token_that_cannot_say_who_the_user_is_sends_the_hub_to_userinfo(change):
-    assert _claims(_token_response(**change)) is None
-
-
-def test_stored_tokens_are_always_checked_at_the_userinfo_endpoint():
-    """A refresh must find out whether the access token still works: no ID token shortcut."""
-    assert _claims(_token_response(), fresh=False) is None

@@ -20,11 +20,12 @@
 //     "ttl": {"AccessToken": 300, ...},          // optional, seconds
 //     "ready_file": "/path/ready.json",          // optional; written once listening
 //     "key_file": "/path/signing-key.json",      // optional; signing key kept across restarts
-//     "clock_tolerance": 0                       // optional, seconds
+//     "clock_tolerance": 0,                      // optional, seconds
+//     "email_scope_mapping": "authentik-default" // optional; see EMAIL_SCOPE_MAPPINGS
 //   }
 //
 // users.json: a list (or {"users": [...]}) of
-//   {"username", "password", "groups": [], "email"?, "email_verified"?, "name"?, "sub"?}
+//   {"username", "password", "groups": [], "email"?, "name"?, "sub"?, "attributes"?: {}}
 
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
@@ -78,6 +79,23 @@ const PATHS = {
   flow: '/if/flow/',
   health: '/-/health/live/',
 };
+// The claims of the scope 'email', as Authentik's scope mappings return them.
+//   authentik-default: the shipped mapping (blueprints/system/providers-oauth2.yaml,
+//     managed "goauthentik.io/providers/oauth2/scope-email"): email_verified is
+//     False for everyone since Authentik 2025.10 (goauthentik/authentik#16206).
+//   verified: the custom mapping Authentik's docs give for a site whose
+//     addresses are verified by another process: email_verified True.
+//   user-attribute: the docs' other custom mapping,
+//     request.user.attributes.get("email_verified", False).
+const EMAIL_SCOPE_MAPPINGS = {
+  'authentik-default': () => false,
+  verified: () => true,
+  'user-attribute': (user) => user.attributes.email_verified === true,
+};
+const emailMapping = config.email_scope_mapping ?? 'authentik-default';
+if (!Object.hasOwn(EMAIL_SCOPE_MAPPINGS, emailMapping)) die(`unknown email_scope_mapping ${emailMapping}`);
+const emailVerified = EMAIL_SCOPE_MAPPINGS[emailMapping];
+
 const CLIENT_AUTH_ROUTES = new Set([PATHS.token, PATHS.revocation, PATHS.introspection]);
 const configuredClients = new Set(config.clients.map((c) => c.client_id));
 
@@ -104,9 +122,9 @@ function readUsers() {
     password: u.password,
     groups: Array.isArray(u.groups) ? u.groups.map(String) : [],
     email: u.email ?? `${u.username}@example.org`,
-    email_verified: u.email_verified ?? true,
     name: u.name ?? u.username.charAt(0).toUpperCase() + u.username.slice(1),
     sub: u.sub ?? subjectFor(u.username),
+    attributes: u.attributes && typeof u.attributes === 'object' ? u.attributes : {},
   }));
   const byName = new Map();
   const bySub = new Map();
@@ -143,7 +161,7 @@ async function findAccount(_ctx, sub) {
         name: user.name,
         given_name: user.name,
         email: user.email,
-        email_verified: Boolean(user.email_verified),
+        email_verified: emailVerified(user),
         groups: user.groups,
       };
     },

@@ -178,3 +178,27 @@ def test_a_session_reads_the_section_the_spawner_passed_or_the_site_file(tmp_pat
     monkeypatch.setenv("BIOIMAGE_GATEWAY_STAGING", '{"quota": "plenty"}')
     with pytest.raises(SettingsError, match=r"\$BIOIMAGE_GATEWAY_STAGING is not valid:\n  staging.quota: "):
         load_staging_settings()
+
+
+# --- auth: -----------------------------------------------------------------------------------
+
+def test_a_plain_http_idp_url_is_refused_naming_the_key_unless_allowed_for_a_test_stack():
+    data = example()
+    data["auth"]["url"] = "http://auth.example.org"
+    message = refusal(data)
+    assert "auth.url: 'http://auth.example.org' is plain http" in message
+    assert "auth.allow_insecure_http: true" in message
+    data["auth"]["allow_insecure_http"] = True
+    assert parse_settings(data).auth.url == "http://auth.example.org"
+
+
+def test_auth_defaults_keep_admins_out_of_sessions_and_system_accounts_out_of_the_gateway():
+    data = example()
+    for key in ("admin_server_access", "require_verified_email", "posix"):
+        data["auth"].pop(key, None)
+    auth = parse_settings(data).auth
+    assert auth.admin_server_access is False
+    # Authentik sends email_verified: false unless the site configures a mapping.
+    assert auth.require_verified_email is False
+    assert auth.posix.min_uid == 1000
+    assert {"root", "daemon", "nobody", "slurm", "munge"} <= set(auth.posix.denied_accounts)
