@@ -398,7 +398,9 @@ def plan(catalog: Catalog, url: str, selection: dict | None = None, threads: int
         if selection:
             raise SelectionError(f"{url} is a single object; levels, channels, timepoints and bbox apply "
                                  f"only to OME-Zarr images")
-        return _checked(Plan(entry.url, name, "object", [Item(name, entry.url, entry.size, entry.checksum)]))
+        # read from where a walk says (a POSIX walk gives local paths, which the transfer opens)
+        source = catalog.local_path(entry.url) if type(catalog).__name__ == "PosixCatalog" else entry.url
+        return _checked(Plan(entry.url, name, "object", [Item(name, source, entry.size, entry.checksum)]))
     base = entry.url
     root_v2 = _json(catalog, child_url(base, ".zattrs"))
     root_v3 = None if root_v2 and root_v2.get("multiscales") else _json(catalog, child_url(base, "zarr.json"))
