@@ -43,7 +43,7 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urldefrag, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -293,8 +293,8 @@ class HttpCatalog(Catalog):
         """A redirect's target, checked like an address given to the catalog."""
         if not location:
             raise CatalogError(f"the server redirected {current} without saying where (no Location)", asked)
-        try:
-            target = self.check_url(urljoin(current, location))
+        try:  # a fragment in a Location is the client's own business: never sent
+            target = self.check_url(urldefrag(urljoin(current, location)).url)
         except InvalidPath as exc:
             raise RefusedRedirect(f"refused the redirect of {asked} to {location!r}: {exc}", asked,
                                   location) from None
