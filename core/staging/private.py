@@ -9,9 +9,10 @@ symbolic link where her cache or a file in it will be. Hence:
   part a folder must belong to root or the user and be writable by no one else unless it is
   sticky (as ``/tmp`` and ``/scratch`` are, where no one can remove or rename what another
   made). From the first folder the user owns down to ``path`` every folder must be the user's
-  and writable by no one else. A symbolic link on the way must belong to root (above the
-  user's part) or the user (in it), where no one else could have made it, and its target is
-  checked the same way; ``path`` itself is never a link. Run as root, every folder is held to
+  and writable by no one else. A symbolic link on the way must belong to root or the user (in
+  the user's part: the user), in a folder where no one else could have made or replaced it
+  (``~/scratch -> /scratch/alice``, ``/scratch -> /gpfs/scratch``), and its target is checked
+  the same way from ``/``; ``path`` itself is never a link. Run as root, every folder is held to
   the rules for those above a user's part (root's own, writable by no one else unless sticky).
 * ``own_dir(path)``: one folder (an entry, a destination) that must be the user's, not a link.
 * ``open_own(path, flags)`` opens a file without following a symbolic link (``O_NOFOLLOW``) and
