@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 from .base import (AuthenticationFailed, Catalog, CatalogError, CatalogUnavailable, Entry,
                    InvalidPath, NotFound, PermissionDenied, Unsupported)
+from .names import UnsafeName
 
 __all__ = ["AuthenticationFailed", "Catalog", "CatalogError", "CatalogUnavailable", "Entry",
-           "InvalidPath", "NotFound", "PermissionDenied", "IrodsCatalog", "Unsupported",
+           "InvalidPath", "NotFound", "PermissionDenied", "IrodsCatalog", "Unsupported", "UnsafeName",
            "PosixCatalog", "HttpCatalog", "open_catalog"]
 
 

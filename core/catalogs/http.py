@@ -2,7 +2,12 @@
 
 * ``stat`` is one HEAD request (redirects followed): size from ``Content-Length``, time from
   ``Last-Modified``. An address ending in ``/``, or one the server redirects to its ``/`` form
-  (as web servers do for directories), is a collection.
+  (as web servers do for directories), is a collection. Its name (the last segment of the final
+  address, decoded) must be one file name (``names.check_name``), as must every name in a listing.
+* Redirects are followed here, not by requests: at most ``MAX_REDIRECTS`` hops, each target
+  checked as an address given to the catalog is (``check_url``: no ``..`` however encoded...),
+  never from ``https`` to ``http``, and credentials (``auth=``, an ``Authorization`` header) are
+  not sent on to another host (as requests does). A refused redirect is ``RefusedRedirect``.
 * ``open`` gives a seekable file object reading with HTTP Range requests (``bytes=a-b``), with a
   small read-ahead buffer (``read_ahead`` bytes, 64 KiB by default), so that many small reads
   cost few requests. A server that ignores ``Range`` (answers 200) is read whole once and served
@@ -38,16 +43,19 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urldefrag, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from .base import (AuthenticationFailed, Catalog, CatalogError, CatalogUnavailable, Entry, InvalidPath,
                    NotFound, PermissionDenied, Unsupported)
+from .names import UnsafeName, check_name
 from .posix import sha2_of_file
 
 MAX_URL = 8000
+MAX_REDIRECTS = 10
+REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_READ_AHEAD = 64 * 1024
 IMAGE_SUFFIXES = (".zarr", ".zarr/")
 
@@ -73,6 +81,17 @@ def digest_sha2(headers: Mapping[str, str]) -> str | None:
     if m:
         return "sha2:" + m.group(1)
     return None
+
+
+class RefusedRedirect(UnsafeName):
+    """The server redirected to an address the catalog refuses (``..`` segments, however
+    encoded; another scheme; ``https`` to ``http``; too many hops). ``path`` is the address
+    asked for, ``name`` the redirect's ``Location``."""
+
+
+def _keep_request(request):
+    """requests' auth hook that adds nothing: a session's credentials stay with their host."""
+    return request
 
 
 class HttpObjectFile(io.RawIOBase):
@@ -226,24 +245,63 @@ class HttpCatalog(Catalog):
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, *, headers=None, stream=False,
-                 allow_redirects=True, ok=(200,)) -> requests.Response:
+    def _request(self, method: str, url: str, *, headers=None, stream=False, ok=(200,)) -> requests.Response:
+        """The response to ``method url``, redirects followed (``_exchange``)."""
+        return self._exchange(method, url, headers=headers, stream=stream, ok=ok)[0]
+
+    def _exchange(self, method: str, url: str, *, headers=None, stream=False,
+                  ok=(200,)) -> tuple[requests.Response, str]:
+        """The response and the (checked) address it came from, after following redirects here:
+        requests would follow any ``Location`` it is given, and the final address names what is
+        staged."""
+        asked, strip_auth = url, False
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(method, url, headers, stream, strip_auth)
+            if response.status_code not in REDIRECTS:
+                break
+            location = response.headers.get("Location")
+            response.close()
+            target = self._redirect_target(asked, url, location)
+            strip_auth = strip_auth or self.session.should_strip_auth(url, target)
+            url = target
+        else:
+            raise RefusedRedirect(f"{asked} was redirected more than {MAX_REDIRECTS} times (last to "
+                                  f"{url}); refused", asked, url)
+        if response.status_code not in ok:
+            status = response.status_code
+            response.close()
+            raise _status_error(status, response.reason, url, asked)
+        return response, url
+
+    def _send(self, method: str, url: str, headers, stream: bool, strip_auth: bool) -> requests.Response:
+        if strip_auth:  # a redirect to another host: the session's credentials are not sent there
+            headers = {**(headers or {}), "Authorization": None}
         for attempt in (1, 2):
             try:
                 self.requests_made += 1
-                response = self.session.request(method, url, headers=headers, timeout=self.timeout,
-                                                stream=stream, allow_redirects=allow_redirects)
-                break
+                # verify= given per request: requests lets $REQUESTS_CA_BUNDLE override the session's
+                return self.session.request(method, url, headers=headers, timeout=self.timeout, stream=stream,
+                                            allow_redirects=False, auth=_keep_request if strip_auth else None,
+                                            verify=self.session.verify)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt == 2:
                     raise CatalogUnavailable(f"could not reach {url}: {exc}", url) from exc
             except requests.RequestException as exc:
                 raise CatalogError(f"HTTP request for {url} failed: {exc}", url) from exc
-        if response.status_code not in ok:
-            status = response.status_code
-            response.close()
-            raise _status_error(status, response.reason, url)
-        return response
+
+    def _redirect_target(self, asked: str, current: str, location: str | None) -> str:
+        """A redirect's target, checked like an address given to the catalog."""
+        if not location:
+            raise CatalogError(f"the server redirected {current} without saying where (no Location)", asked)
+        try:  # a fragment in a Location is the client's own business: never sent
+            target = self.check_url(urldefrag(urljoin(current, location)).url)
+        except InvalidPath as exc:
+            raise RefusedRedirect(f"refused the redirect of {asked} to {location!r}: {exc}", asked,
+                                  location) from None
+        if current.startswith("https:") and not target.startswith("https:"):
+            raise RefusedRedirect(f"refused the redirect of {asked} to {location!r}: from https to plain "
+                                  f"http", asked, location)
+        return target
 
     def _get_range(self, url: str, start: int | None, end: int | None) -> tuple[int, bytes]:
         """GET ``[start, end)`` (``start`` < 0: the last ``-start`` bytes; ``end`` None: to the
@@ -277,16 +335,15 @@ class HttpCatalog(Catalog):
             return data[start or 0:end]
         return data
 
-    def _head(self, url: str) -> requests.Response:
-        return self._request("HEAD", url)
-
     # --- the Catalog interface -----------------------------------------------------------------
 
     def stat(self, path) -> Entry:
         url = self.check_url(path)
-        response = self._head(url)
-        final = response.url or url
+        response, final = self._exchange("HEAD", url)
+        response.close()
         name = unquote(urlsplit(final).path.rstrip("/").rsplit("/", 1)[-1])
+        if name or urlsplit(final).path.strip("/"):  # the server's root has no name
+            check_name(name, final if final == url else f"{final} (redirected from {url})")
         modified = _when(response.headers.get("Last-Modified"))
         if final.endswith("/"):
             kind = "image" if self.recognise_images and _image_like(final) and self._is_image(final) \
@@ -325,9 +382,7 @@ class HttpCatalog(Catalog):
     def _entries(self, base: str, index: list[dict]) -> Iterator[Entry]:
         dirs, files = [], []
         for item in sorted(index, key=lambda i: str(i["name"])):
-            name = str(item["name"])
-            if name in (".", "..") or "/" in name:
-                continue
+            name = check_name(item["name"], f"the listing of {base}")
             child = urljoin(base, quote(name, safe="!$&'()*+,;=:@-._~"))
             modified = _when(item.get("mtime"))
             if item.get("type") == "directory":
@@ -372,16 +427,21 @@ def _image_like(url: str) -> bool:
     return url.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _status_error(status: int, reason: str, url: str) -> CatalogError:
+def _status_error(status: int, reason: str, url: str, asked: str | None = None) -> CatalogError:
+    """The error for an HTTP status; ``url`` answered it, ``asked`` (the error's ``path``) is the
+    address asked for when a redirect led from there."""
     detail = f"HTTP {status} {reason or ''}".strip()
+    shown, path = url, url
+    if asked is not None and asked != url:
+        shown, path = f"{url} (redirected from {asked})", asked
     if status in (404, 410):
-        return NotFound(f"no such object or collection: {url} ({detail})", url)
+        return NotFound(f"no such object or collection: {shown} ({detail})", path)
     if status == 401:
-        return AuthenticationFailed(f"the server wants credentials for {url} ({detail})", url)
+        return AuthenticationFailed(f"the server wants credentials for {shown} ({detail})", path)
     if status == 403:
-        return PermissionDenied(f"permission denied: {url} ({detail})", url)
+        return PermissionDenied(f"permission denied: {shown} ({detail})", path)
     if status in (400, 414):
-        return InvalidPath(f"the server refused the address {url} ({detail})", url)
+        return InvalidPath(f"the server refused the address {shown} ({detail})", path)
     if status >= 500:
-        return CatalogUnavailable(f"the server failed on {url} ({detail})", url)
-    return CatalogError(f"unexpected answer for {url}: {detail}", url)
+        return CatalogUnavailable(f"the server failed on {shown} ({detail})", path)
+    return CatalogError(f"unexpected answer for {shown}: {detail}", path)

@@ -40,6 +40,7 @@ from irods.session import NonAnonymousLoginWithoutPassword, iRODSSession
 
 from .base import (AuthenticationFailed, Catalog, CatalogError, CatalogUnavailable, Entry,
                    InvalidPath, NotFound, PermissionDenied)
+from .names import check_name
 
 READ_BLOCK = 4 << 20  # bytes asked for per DATA_OBJ_READ when the size is not known
 
@@ -321,12 +322,15 @@ class IrodsCatalog(Catalog):
 
         def make_coll(row):
             path = row[Collection.name]
-            return Entry(self.url(path), path.rsplit("/", 1)[-1], "collection", None,
-                         _when(row[Collection.modify_time]), None)
+            # The server's answer, not ours: one name below this collection.
+            name = check_name(path[len(coll) + 1:] if path.startswith(coll + "/") else path, url,
+                              "collection name")
+            return Entry(self.url(path), name, "collection", None, _when(row[Collection.modify_time]), None)
 
         def make_obj(row):
-            path = f"{coll}/{row[DataObject.name]}"
-            return Entry(self.url(path), row[DataObject.name], "object", _int(row[DataObject.size]),
+            name = check_name(row[DataObject.name], url, "data object name")
+            path = f"{coll}/{name}"
+            return Entry(self.url(path), name, "object", _int(row[DataObject.size]),
                          _when(row[DataObject.modify_time]), row[DataObject.checksum] or None)
 
         yield from self._paged(url, subcollections, lambda r: r[Collection.name], make_coll)
@@ -397,6 +401,7 @@ class IrodsCatalog(Catalog):
             if path in seen or not (inside(coll)):
                 continue
             seen.add(path)
+            check_name(row[DataObject.name], self.url(coll), "data object name")
             yield Entry(self.url(path), row[DataObject.name], "object", _int(row[DataObject.size]),
                         _when(row[DataObject.modify_time]), row[DataObject.checksum] or None)
 

@@ -12,7 +12,8 @@
 
 * ``stage`` (``api``): OME-Zarr-aware selection (``plan``), parallel verified transfers
   (``transfer``), a journal to resume, a per-user cache (mode 0700) keyed by source and
-  selection, LRU eviction under a quota, a free-space check, background runs.
+  selection, LRU eviction under a quota, a free-space check, background runs; only folders and
+  files the user made are trusted (``private``: ``UntrustedPath`` otherwise).
 * ``publish`` (``publish``): parallel upload to iRODS, checksums compared with iRODS's,
   no overwriting unless asked, provenance AVUs.
 * Command line: ``bioimage-gateway stage|evict|publish`` and
@@ -20,11 +21,11 @@
 """
 
 from .api import cache_key, cache_root, evict, stage, status, wait
-from .errors import (AlreadyExists, InsufficientSpace, SelectionError, StagingError,
+from .errors import (AlreadyExists, InsufficientSpace, SelectionError, StagingError, UntrustedPath,
                      VerificationFailed)
 from .plan import normalise_selection, plan
 from .publish import publish
 
 __all__ = ["stage", "status", "wait", "evict", "publish", "plan", "normalise_selection", "cache_key",
            "cache_root", "StagingError", "SelectionError", "InsufficientSpace", "VerificationFailed",
-           "AlreadyExists"]
+           "AlreadyExists", "UntrustedPath"]

@@ -18,6 +18,11 @@ ranges), which arguments override. One entry per source URL and selection, ``<ca
   entry is complete. Its modification time is the entry's last use (for LRU eviction).
 
 ``dest=DIR`` makes ``DIR`` the entry (the copy is ``DIR/<name>``), outside the cache's quota.
+
+Only what this user made is trusted (``private``): every folder down to an entry is checked
+before anything in it is read or written (someone else's, writable by others, a symbolic link:
+``UntrustedPath``, naming it and its owner), and the entry's files are opened without following
+links and checked to be the user's. An entry that fails is refused, never returned as complete.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -36,9 +42,11 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
+from ..catalogs.names import check_name, name_problem
 from ..staging_settings import StagingSettings, load_staging_settings, parse_size
-from .errors import InsufficientSpace, StagingError, VerificationFailed
+from .errors import InsufficientSpace, StagingError, UntrustedPath, VerificationFailed
 from .plan import Plan, normalise_selection, plan
+from .private import open_own, own_dir, private_dir, read_own_json
 from .transfer import Fatal, Journal, Progress, Source, transfer, write_doc
 
 MANIFEST = ".staged.json"
@@ -86,8 +94,27 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The cache's folder ``path`` (the cache itself or an entry), made where missing and
+    checked from ``/`` down (``private.private_dir``), mode 0700."""
+    private_dir(path, create=True)
     os.chmod(path, 0o700)
+
+
+def _make_entry(entry: Path, in_cache: bool) -> None:
+    if in_cache:
+        _make_private_dir(entry.parent)
+        _make_private_dir(entry)
+    else:  # dest=: the user chose the place; the folder itself is theirs, not a link
+        own_dir(entry, create=True)
+
+
+def _check_entry(entry: Path, in_cache: bool) -> None:
+    """Refuse an entry (or the folders down to it) that someone else made or could change,
+    before anything in it is read."""
+    if in_cache:
+        private_dir(entry)
+    else:
+        own_dir(entry)
 
 
 def canonical_url(url: str | os.PathLike) -> str:
@@ -116,16 +143,14 @@ def _quota(value) -> int | None:
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    """One of the entry's documents; None when missing or torn; ``UntrustedPath`` when it is not
+    the user's own file (a link, someone else's)."""
+    return read_own_json(path)
 
 
 def _write_json(path: Path, doc: dict, mode: int = 0o600) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, default=str)
@@ -151,7 +176,7 @@ def _activity_interval() -> float:
 @contextmanager
 def _locked(entry: Path, wait: bool = True):
     """The entry's lock; yields True when held, False when another process holds it (wait=False)."""
-    fd = os.open(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_own(entry / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -167,7 +192,7 @@ def _locked(entry: Path, wait: bool = True):
 
 
 def _is_locked(entry: Path) -> bool:
-    if not (entry / LOCK).exists():
+    if not os.path.lexists(entry / LOCK):
         return False
     with _locked(entry, wait=False) as held:
         return not held
@@ -176,10 +201,19 @@ def _is_locked(entry: Path) -> bool:
 # --- entries -----------------------------------------------------------------------------------
 
 def _entries(root: Path) -> list[Path]:
+    """The cache's entries; ``UntrustedPath`` for one that is a link or someone else's (a
+    trusted cache cannot hold one: it is refused, not skipped)."""
+    private_dir(root)
     try:
-        return sorted(p for p in root.iterdir() if p.is_dir() and (p / ENTRY).exists())
+        children = sorted(root.iterdir())
     except FileNotFoundError:
         return []
+    out = []
+    for child in children:
+        if os.path.lexists(child / ENTRY) or child.is_symlink():
+            own_dir(child, private=True)
+            out.append(child)
+    return out
 
 
 def _entry_size(entry: Path) -> int:
@@ -198,9 +232,24 @@ def _entry_size(entry: Path) -> int:
 
 def _complete(entry: Path) -> dict | None:
     manifest = _read_json(entry / MANIFEST)
-    if manifest and manifest.get("complete") and (entry / manifest["name"]).exists():
-        return manifest
+    if manifest and manifest.get("complete"):
+        name = check_name(manifest.get("name"), str(entry / MANIFEST))
+        if _copy_info(entry / name) is not None:
+            return manifest
     return None
+
+
+def _copy_info(data: Path) -> os.stat_result | None:
+    """``lstat`` of a staged copy (None: there is none); a symbolic link there is refused:
+    staging never makes one, so it is not the copy the entry records."""
+    try:
+        info = os.lstat(data)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise UntrustedPath(f"refused {data}: the staged copy is a symbolic link, which staging never makes; "
+                            f"remove it and stage again", data)
+    return info
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -260,9 +309,10 @@ def stage(url: str | os.PathLike, levels=None, channels=None, timepoints=None, b
     in_cache = dest is None
     entry = (cache_root(cache_dir) / key) if in_cache else Path(dest).expanduser().absolute()
 
+    _check_entry(entry, in_cache)
     done = _complete(entry)
     if done is not None and done.get("key") == key:
-        os.utime(entry / MANIFEST)  # last use, for LRU eviction
+        os.utime(entry / MANIFEST, follow_symlinks=False)  # last use, for LRU eviction
         return entry / done["name"]
 
     if background:
@@ -273,27 +323,25 @@ def stage(url: str | os.PathLike, levels=None, channels=None, timepoints=None, b
 
 
 def _start_background(url, selection, entry, key, in_cache, cache_dir, quota, credentials, settings) -> Path:
-    if in_cache:
-        _make_private_dir(entry.parent)
-    _make_private_dir(entry)
+    _make_entry(entry, in_cache)
     name = _entry_name(entry, url)
     _write_json(entry / ENTRY, {"url": url, "selection": selection, "key": key, "name": name})
     job = {"url": url, "selection": selection, "dest": None if in_cache else str(entry),
            "cache_dir": str(cache_dir) if cache_dir else None, "quota": quota,
            "credentials": credentials, "options": settings}
     _write_json(entry / JOB, job, mode=0o600)
-    previous = _read_json(entry / STATUS) if (entry / STATUS).exists() else None
+    previous = _read_json(entry / STATUS)
     # A "running" record of a process that died (killed, node rebooted) is stale: queued again.
     if not previous or previous.get("state") != "running" or not _pid_alive(previous.get("pid")):
         _write_json(entry / STATUS, {"state": "queued", "url": url, "key": key, "path": str(entry / name),
                                      "updated": time.time()})
-    log = open(entry / LOG, "ab")
+    log = open_own(entry / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         subprocess.Popen([sys.executable, "-m", "bioimage_gateway.staging", "run", str(entry / JOB)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True, close_fds=True)
     finally:
-        log.close()
+        os.close(log)
     return entry / name
 
 
@@ -310,18 +358,20 @@ def _pid_alive(pid) -> bool:
 def _entry_name(entry: Path, url: str) -> str:
     known = _read_json(entry / ENTRY)
     if known and known.get("name"):
-        return known["name"]
+        return check_name(known["name"], str(entry / ENTRY))
     from urllib.parse import unquote, urlsplit
-    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "data"
+    return check_name(unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "data", url)
 
 
 def run_job(job_file: str | os.PathLike) -> Path:
     """Run a background job (``python -m bioimage_gateway.staging run <job.json>``)."""
-    job = json.loads(Path(job_file).read_text())
+    job = read_own_json(job_file)  # the user's own file, not a link: it says what to stage where
     try:
         Path(job_file).unlink()  # it may hold a password: gone before anything can report completion
     except FileNotFoundError:
         pass
+    if job is None:
+        raise StagingError(f"no staging job in {job_file}")
     selection = job["selection"]
     url = job["url"]
     key = cache_key(url, selection)
@@ -340,23 +390,22 @@ def run_job(job_file: str | os.PathLike) -> Path:
 def _stage_here(url, selection, entry: Path, key, in_cache, cache_dir, quota, credentials, settings, *,
                 catalog=None, show=False) -> Path:
     opts = {**_settings().transfer_options(), **settings}
+    _check_entry(entry, in_cache)
     own_catalog = catalog is None
     if own_catalog:
         catalog = _open_source_catalog(url, credentials, opts["threads"])
     try:
         the_plan = plan(catalog, url, selection, threads=opts["threads"])
-        journal_done = Journal.load(entry / JOURNAL) if (entry / ENTRY).exists() else {}
+        journal_done = Journal.load(entry / JOURNAL) if os.path.lexists(entry / ENTRY) else {}
         _check_space(the_plan, entry, journal_done, in_cache, cache_dir, quota)
-        if in_cache:
-            _make_private_dir(entry.parent)
-        _make_private_dir(entry)
-        if (entry / MANIFEST).exists() and _read_json(entry / MANIFEST).get("key") != key:
+        _make_entry(entry, in_cache)
+        if (_read_json(entry / MANIFEST) or {"key": key}).get("key") != key:
             raise StagingError(f"{entry} holds another staged dataset; choose an empty destination")
         _write_json(entry / ENTRY, {"url": url, "selection": selection, "key": key, "name": the_plan.name})
         with _locked(entry):
             done = _complete(entry)
             if done is not None:  # another process finished it while we waited
-                os.utime(entry / MANIFEST)
+                os.utime(entry / MANIFEST, follow_symlinks=False)
                 return entry / done["name"]
             return _transfer_locked(catalog, the_plan, url, selection, entry, key, opts, show)
     finally:
@@ -394,10 +443,10 @@ def _evict_for(root: Path, needed: int, limit: int, keep: Path) -> None:
     """Evict least recently used complete entries until ``needed`` more bytes fit in ``limit``."""
     entries = [e for e in _entries(root) if e != keep]
     sizes = {e: _entry_size(e) for e in entries}
-    used = sum(sizes.values()) + (_entry_size(keep) if keep.exists() else 0)
+    used = sum(sizes.values()) + (_entry_size(keep) if os.path.lexists(keep) else 0)
     if used + needed <= limit:
         return
-    candidates = sorted((e for e in entries if _complete(e)), key=lambda e: (e / MANIFEST).stat().st_mtime)
+    candidates = sorted((e for e in entries if _complete(e)), key=lambda e: os.lstat(e / MANIFEST).st_mtime)
     for candidate in candidates:
         if used + needed <= limit:
             break
@@ -430,7 +479,7 @@ class _Reporter:
             _write_json(self.entry / STATUS, doc)
         except OSError:  # the disk is full: no room for a new file, perhaps for the same one rewritten
             try:
-                fd = os.open(self.entry / STATUS, os.O_WRONLY | os.O_TRUNC)
+                fd = open_own(self.entry / STATUS, os.O_WRONLY | os.O_TRUNC)
                 with os.fdopen(fd, "w") as f:
                     json.dump(doc, f, default=str)
             except OSError:
@@ -475,14 +524,14 @@ def _transfer_locked(catalog, the_plan: Plan, url, selection, entry: Path, key, 
     root = entry
     data = entry / the_plan.name
     verified = Journal.load(entry / JOURNAL)
-    if verified or (entry / JOURNAL).exists():
+    if verified or os.path.lexists(entry / JOURNAL):
         _remove_partials(data)  # left by a killed run
     todo, skipped_bytes = [], 0
     for item in the_plan.items:
         record = verified.get(item.key)
         if record is not None and (item.size is None or record.get("size") == item.size):
-            try:
-                if os.stat(root / item.key).st_size == record["size"]:
+            try:  # lstat: what the staged copy holds itself, a link would not be its own file
+                if os.lstat(root / item.key).st_size == record["size"]:
                     skipped_bytes += record["size"]
                     continue
             except OSError:
@@ -523,7 +572,7 @@ def _transfer_locked(catalog, the_plan: Plan, url, selection, entry: Path, key, 
             }
             try:
                 for doc_key, content in the_plan.docs.items():
-                    write_doc(root / doc_key, content)
+                    write_doc(root, doc_key, content)
                 if journal is not None:
                     journal.close()
                     journal = None
@@ -541,7 +590,8 @@ def _transfer_locked(catalog, the_plan: Plan, url, selection, entry: Path, key, 
 
 
 def _remove_partials(data: Path) -> None:
-    if data.is_file() or not data.exists():
+    info = _copy_info(data)
+    if info is None or not stat.S_ISDIR(info.st_mode):
         for p in data.parent.glob(data.name + ".part-*"):
             p.unlink(missing_ok=True)
         return
@@ -590,10 +640,11 @@ def _find(target: str | os.PathLike | None, cache_dir=None) -> list[Path]:
     path = Path(text).expanduser()
     if "://" not in text and (path.exists() or path.parent.exists()):
         for candidate in (path, path.parent):
-            if (candidate / ENTRY).exists():
-                return [candidate.absolute()]
-    if (root / text / ENTRY).exists():
-        return [root / text]
+            if os.path.lexists(candidate / ENTRY):
+                return [own_dir(candidate)]
+    if name_problem(text) is None and os.path.lexists(root / text / ENTRY):  # a key
+        private_dir(root)
+        return [own_dir(root / text, private=True)]
     url = canonical_url(text) if "://" in text else None
     return [e for e in _entries(root) if url and (_read_json(e / ENTRY) or {}).get("url") == url]
 

@@ -31,6 +31,17 @@ class VerificationFailed(StagingError):
         self.failures = failures
 
 
+class UntrustedPath(StagingError):
+    """A folder or file of the staging cache (or of a destination) that someone other than the
+    user made or could change: another user's, writable by others, a symbolic link the stager
+    did not make. ``path`` is what was refused, ``owner`` its owner's name."""
+
+    def __init__(self, message: str, path, owner: str | None = None):
+        super().__init__(message)
+        self.path = str(path)
+        self.owner = owner
+
+
 class AlreadyExists(StagingError, FileExistsError):
     """``publish`` refused to overwrite an existing iRODS object or collection."""
 

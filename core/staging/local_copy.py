@@ -52,7 +52,7 @@ def copy_files(sources: list[str], folder: str, names: list[str], sizes: list[in
     sha256, b64 = hashlib.sha256, binascii.b2a_base64  # base64.b64encode without its Python frame
     open_, read, write, close, fstat = os.open, os.read, os.write, os.close, os.fstat
     reading = os.O_RDONLY | os.O_CLOEXEC
-    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC  # never through a link
     for i, path in enumerate(sources):
         size = sizes[i]
         try:

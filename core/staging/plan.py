@@ -20,6 +20,12 @@ chunks: with one channel (timepoint) per chunk any subset is fine, otherwise a c
 starting on a chunk boundary.
 
 Anything that is not an OME-Zarr image (an object, a collection) is staged whole.
+
+Every name a catalog gives (its listings, an iRODS query's collection and object names, the
+final address of an HTTP redirect, ``multiscales.datasets[].path``) is checked where it comes in
+(``catalogs.names``): a plan's keys are relative paths of plain names, inside the staged copy.
+A bad one refuses the whole plan (``UnsafeName``, naming it and where it came from); nothing is
+skipped silently, as a copy missing what the source has would look complete.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 from ..catalogs.base import Catalog, Entry, InvalidPath, NotFound
+from ..catalogs.names import UnsafeName, check_key, check_name, name_problem, safe_key
 from ..catalogs.zarr import child_url, read_bytes
 from .errors import SelectionError
 
@@ -154,8 +161,13 @@ def _walk_irods(catalog, url: str, subdirs) -> Iterator[Walked]:
                         if path in seen:
                             continue  # another replica
                         seen.add(path)
+                        # The server's names, not ours: "base/../.." passes the prefix test above.
+                        rel = path[len(root) + 1:]
+                        if name_problem(row[DataObject.name]) is not None or not safe_key(rel):
+                            check_name(row[DataObject.name], catalog.url(coll), "data object name")
+                            check_key(rel, catalog.url(coll), "collection path")
                         size = row[DataObject.size]
-                        yield (path[len(root) + 1:], catalog.url(path),
+                        yield (rel, catalog.url(path),
                                int(size) if size not in (None, "") else None,
                                row[DataObject.checksum] or None)
 
@@ -238,8 +250,8 @@ def _walk_http(catalog, url: str, subdirs, descend, threads: int) -> Iterator[Wa
             name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str):
                 return ordinary(rel)
-            if name in (".", "..") or "/" in name:
-                continue
+            if name_problem(name) is not None:
+                check_name(name, f"the listing of {folder_url(rel)}")
             size = entry.get("size")
             out.append((name, "directory" if entry.get("type") == "directory" else "object",
                         size if isinstance(size, int) else None))
@@ -303,6 +315,8 @@ def _walk_listing_loop(catalog, base, subdirs, descend, threads, listing) -> Ite
             next_frontier = []
             for rel, entries in zip(frontier, results):
                 for entry in entries:
+                    if name_problem(entry.name) is not None:
+                        check_name(entry.name, f"the listing of {child_url(base, rel, collection=True)}")
                     child = f"{rel}/{entry.name}" if rel else entry.name
                     if entry.kind == "object":
                         yield child, child_url(base, child), entry.size, entry.checksum
@@ -316,6 +330,8 @@ def _walk_listing_loop(catalog, base, subdirs, descend, threads, listing) -> Ite
 def _json(catalog: Catalog, url: str) -> dict | None:
     try:
         doc = json.loads(read_bytes(catalog, url))
+    except UnsafeName:  # a refused redirect: not "no such document"
+        raise
     except (NotFound, InvalidPath):
         return None
     except ValueError:
@@ -377,12 +393,14 @@ def plan(catalog: Catalog, url: str, selection: dict | None = None, threads: int
     """The objects and metadata of ``selection`` (see ``normalise_selection``) of ``url``."""
     selection = selection or {}
     entry = catalog.stat(url)
-    name = unquote(urlsplit(entry.url).path.rstrip("/").rsplit("/", 1)[-1]) or "data"
+    name = check_name(unquote(urlsplit(entry.url).path.rstrip("/").rsplit("/", 1)[-1]) or "data", entry.url)
     if entry.kind == "object":
         if selection:
             raise SelectionError(f"{url} is a single object; levels, channels, timepoints and bbox apply "
                                  f"only to OME-Zarr images")
-        return Plan(entry.url, name, "object", [Item(name, entry.url, entry.size, entry.checksum)])
+        # read from where a walk says (a POSIX walk gives local paths, which the transfer opens)
+        source = catalog.local_path(entry.url) if type(catalog).__name__ == "PosixCatalog" else entry.url
+        return _checked(Plan(entry.url, name, "object", [Item(name, source, entry.size, entry.checksum)]))
     base = entry.url
     root_v2 = _json(catalog, child_url(base, ".zattrs"))
     root_v3 = None if root_v2 and root_v2.get("multiscales") else _json(catalog, child_url(base, "zarr.json"))
@@ -398,7 +416,7 @@ def plan(catalog: Catalog, url: str, selection: dict | None = None, threads: int
                              f"applies only to images, a collection is staged whole")
     items = [Item(f"{name}/{rel}", src, size, checksum)
              for rel, src, size, checksum in walk(catalog, base, threads=threads)]
-    return Plan(base, name, "collection", items)
+    return _checked(Plan(base, name, "collection", items))
 
 
 def _plan_image(catalog, base: str, name: str, fmt: int, root: dict, selection: dict,
@@ -412,7 +430,12 @@ def _plan_image(catalog, base: str, name: str, fmt: int, root: dict, selection: 
     datasets = ms.get("datasets") or []
     axes = ms.get("axes") or [{"name": n} for n in "tczyx"]
     axis_names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-    paths = [str(d["path"]) for d in datasets]
+    # NGFF makes a level's path relative to the image; multi-segment paths ("a/b") are refused
+    # with the rest: every writer we know names a level with one name ("0", "s0"), the keys below
+    # are mapped to levels by their first segment, and one plain name cannot leave the copy.
+    document = child_url(base, ".zattrs" if fmt == 2 else "zarr.json")
+    paths = [check_name(str(d["path"]) if isinstance(d, dict) and "path" in d else None,
+                        f"multiscales.datasets of {document}", "level path") for d in datasets]
 
     # Levels.
     wanted_levels = selection.get("levels")
@@ -627,7 +650,17 @@ def _plan_image(catalog, base: str, name: str, fmt: int, root: dict, selection: 
         resolved["bbox"] = bbox
     level_info = [{"path": lv.path, "shape": [new_sizes.get(a, s) for a, s in zip(axis_names, lv.shape)],
                    "chunks": lv.grid} for lv in staged_levels]
-    return Plan(base, name, "image", items, docs, resolved, level_info)
+    return _checked(Plan(base, name, "image", items, docs, resolved, level_info))
+
+
+def _checked(the_plan: Plan) -> Plan:
+    """The plan, once every key in it is a relative path of plain names (they were checked as
+    they came in; this is the one pass over all of them that says so)."""
+    for item in the_plan.items:
+        check_key(item.key, item.url)
+    for key in the_plan.docs:
+        check_key(key, the_plan.url)
+    return the_plan
 
 
 def _dump(doc: dict) -> bytes:

@@ -41,6 +41,11 @@ object, GIL contention among 16 threads copying local files, and Python's work p
   bytes. Hashing the source a second time, as before, only compared the page cache with itself.
 * A full disk (``ENOSPC``/``EDQUOT``, also when a client library wraps it) stops every worker:
   nothing is retried, the partial files go, the dataset is not marked complete.
+* Writes stay inside ``root``: every key is checked once before anything is written (a relative
+  path of plain names, ``catalogs.names.check_key``), folders are made one by one and an
+  existing one must be a real folder of the user's, not a symbolic link (``private.make_folders``,
+  once per folder), and files are created with ``O_NOFOLLOW``; a rename replaces a link, never
+  follows it.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import io
 import json
 import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,13 +68,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..catalogs.base import CatalogError, CatalogUnavailable
+from ..catalogs.names import check_key, safe_key
+from .errors import UntrustedPath
 from .http_pipeline import Pipeline, Response, pipelinable, request_target
 from .local_copy import MIN_FILES, LocalCopyPool, copy_files, folder_record, worker_count
 from .plan import Item
+from .private import make_folders, open_own
 
 BLOCK = 1 << 20
 BATCH = 64  # small objects handed to one worker at once (and pipelined over HTTP)
 SMALL = 1 << 20  # "small": read in one piece
+WRITING = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC  # a file of the staged copy
 POSIX_THREADS = 2  # local copies: measured fastest with 1-2 threads (10 000 small files, 2 cores)
 WHOLE_FOLDER = 4096  # at most this many objects in a folder filled whole and renamed into place
 _SELF_VERIFIED = object()  # POSIX: the checksum is that of the bytes read (see Source._posix)
@@ -93,7 +103,7 @@ class Journal:
 
     def __init__(self, path: Path, fsync: str = "batch", fsync_interval: float = 0.2):
         self.path = Path(path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.fsync = fsync
         self.interval = fsync_interval
         self.lock = threading.Lock()
@@ -109,7 +119,7 @@ class Journal:
         """Verified objects by key (a torn last line, from a kill mid-write, is ignored)."""
         out: dict[str, dict] = {}
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(open_own(path, os.O_RDONLY), "rb") as f:  # the user's own, not a link
                 for line in f:
                     try:
                         record = json.loads(line)
@@ -475,14 +485,13 @@ def _store_bodies(fetched: list, prefix: int, part_dir: str, done: list, progres
     left = []
     sha256, b64 = hashlib.sha256, binascii.b2a_base64  # base64.b64encode without its Python frame
     open_, write, close = os.open, os.write, os.close
-    writing = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     count = nbytes = 0
     for item, response in fetched:
         if response is None or len(response.body) != item.size or item.checksum or response.states_digest():
             left.append((item, response))
             continue
         body = response.body
-        dst = open_(part_dir + item.key[prefix:], writing, 0o600)
+        dst = open_(part_dir + item.key[prefix:], WRITING, 0o600)
         try:
             written = write(dst, body)
         finally:
@@ -547,6 +556,12 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
     each object is written, verified and renamed one by one exactly as on the ordinary path,
     which also takes over any object the pipeline could not bring, and every retry."""
     items = list(items)
+    for item in items:  # once, before anything is written: every key stays inside root
+        if not safe_key(item.key):
+            check_key(item.key, item.url, "staged path")
+    root_info = os.lstat(root)
+    if not stat.S_ISDIR(root_info.st_mode):
+        raise UntrustedPath(f"refused {root}: where the copy goes is not a folder (a symbolic link?)", root)
     if source.kind == "PosixCatalog":  # bound by system calls and the GIL: more threads only contend
         threads = min(threads, POSIX_THREADS)
     failures: dict[str, str] = {}
@@ -579,13 +594,11 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             whole[folder] = its
         else:
             singles.extend(its)
-    # Every folder once, here, before the workers start (no lock, no repeated makedirs).
-    made = set()
+    # Every folder once, here, before the workers start (no lock, no repeated makedirs), each a
+    # real folder (an existing one too), never a link.
+    made: set[str] = set()
     for folder in sorted(set(os.path.dirname(i.key) for i in singles) | {os.path.dirname(f) for f in whole}):
-        path = os.path.join(root_text, folder) if folder else root_text
-        if path not in made:
-            os.makedirs(path, exist_ok=True)
-            made.add(path)
+        make_folders(root_text, folder, made)
 
     def one(item: Item, prefetched: _Prefetched | None = None, lines: list | None = None,
             direct: str | None = None):
@@ -604,7 +617,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
             if stop.is_set():
                 return
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(tmp, WRITING, 0o600)
                 try:
                     if prefetched is not None:
                         n, got, expected = prefetched.write(item, fd)
@@ -714,7 +727,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                     fatal.append(Fatal(f"the disk is full (or the quota reached) while writing {final_dir}: {exc}"))
                     stop.set()
                     return
-                os.makedirs(final_dir, exist_ok=True)  # the ordinary way, one object at a time
+                make_folders(root_text, folder)  # the ordinary way, one object at a time
                 return batch(group)
         done: list = []
         prefix = len(folder) + 1
@@ -742,7 +755,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                 os.rename(part_dir, final_dir)  # every object in it verified
                 part_dir = None
             else:  # some failed: the verified ones go into place one by one, and are kept
-                os.makedirs(final_dir, exist_ok=True)
+                make_folders(root_text, folder)
                 for item, _, _ in done:
                     os.rename(os.path.join(part_dir, item.key[prefix:]), os.path.join(root_text, item.key))
         except OSError as exc:
@@ -800,7 +813,7 @@ def transfer(source: Source, items: Iterable[Item], root: Path, journal: Journal
                                        f"{os.path.join(root_text, folder)}: {answer[1][1]}"))
                     stop.set()
                     return
-                os.makedirs(os.path.join(root_text, folder), exist_ok=True)
+                make_folders(root_text, folder)
                 guarded(batch, group)
             elif answer[0] == "skipped":
                 guarded(folder_whole, group, folder)
@@ -865,16 +878,19 @@ def _remove(path: Path) -> None:
         pass
 
 
-def write_doc(path: Path, data: bytes) -> None:
-    """A small file written under a temporary name, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".part-{os.getpid()}")
+def write_doc(root: Path, key: str, data: bytes) -> None:
+    """A small file ``root/key`` (a checked key, its folders made as ``transfer`` makes them)
+    written under a temporary name, then renamed."""
+    check_key(key, f"{root} (a document of the staged copy)", "staged path")
+    folder, _, name = key.rpartition("/")
+    path = os.path.join(make_folders(str(root), folder), name)
+    tmp = f"{path}.part-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, WRITING, 0o600), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 

@@ -315,6 +315,22 @@ class Catalogue:
             flush()
         return count
 
+    def seed_unchecked_name(self, path: str, name: str) -> None:
+        """Rename the data object or (childless) collection at ``path`` to ``name`` without the
+        checks the server makes (``check_path``): ``..``, ``a/../../b``, a name with ``/``. The
+        server never makes such a name itself; queries then answer with it, as a damaged
+        catalogue or a hostile server would, for tests of clients that must not trust names."""
+        with self.tx() as db:
+            obj = self.data_object(path)
+            if obj:
+                db.execute("UPDATE r_data_main SET data_name=? WHERE data_id=?", (name, obj[0]))
+                return
+            coll = self.collection(path)
+            if not coll:
+                raise IrodsError("OBJ_PATH_DOES_NOT_EXIST", f"{path} does not exist")
+            parent = split(path)[0]
+            db.execute("UPDATE r_coll_main SET coll_name=? WHERE coll_id=?", (f"{parent}/{name}", coll[0]))
+
     def seed_metadata(self, path: str, attribute: str, value: str, units: str = "") -> None:
         with self.tx() as db:
             self._attach(db, self.object_id(path), attribute, value, units, now_ts())

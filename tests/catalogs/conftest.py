@@ -134,3 +134,21 @@ def irods_images(site):
         yield standin
     finally:
         stop_standin(standin)
+
+
+@pytest.fixture(scope="session")
+def hostile_web():
+    """Debian's nginx as a hostile server (``zarr_support.HostileNginx``); stopped by PID."""
+    import os
+    import shutil
+    import tempfile
+
+    from zarr_support import HostileNginx, nginx_serving
+
+    root = Path(tempfile.mkdtemp(prefix="gw-hostile-site-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        with nginx_serving(root, HostileNginx) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -12,8 +12,9 @@ import pytest
 from zarr_support import IMAGE_DIR, RAW, UNICODE_NAME, sha2_of
 
 from bioimage_gateway.catalogs import (AuthenticationFailed, CatalogUnavailable, Entry, HttpCatalog,
-                                       InvalidPath, NotFound, PermissionDenied, Unsupported, open_catalog)
-from bioimage_gateway.catalogs.http import digest_sha2
+                                       InvalidPath, NotFound, PermissionDenied, UnsafeName, Unsupported,
+                                       open_catalog)
+from bioimage_gateway.catalogs.http import RefusedRedirect, digest_sha2
 
 
 @pytest.fixture
@@ -186,3 +187,41 @@ def test_open_catalog_gives_an_http_catalog(nginx):
         assert isinstance(web, HttpCatalog)
         assert web.stat(f"{nginx.url}/study1/raw.bin").size == len(RAW)
         assert 'gateway-test' in (nginx.dir / "access.log").read_text()
+
+
+# --- a hostile server: redirects and listings are checked like addresses -----------------------
+
+def test_a_redirect_is_checked_like_an_address(web, hostile_web):
+    from zarr_support import ESCAPE, ESCAPE_ENCODINGS, escaping_location
+
+    for n, encoding in enumerate(ESCAPE_ENCODINGS):
+        address = f"{hostile_web.url}/escape/{n}"
+        for call in (web.stat, web.open, web.read_range, web.list, web.checksum):
+            with pytest.raises(RefusedRedirect, match="'.' and '..' segments are not allowed") as refused:
+                call(address)
+            assert refused.value.path == address
+            assert refused.value.name == hostile_web.url + escaping_location(encoding)
+            assert f"refused the redirect of {address} to {refused.value.name!r}" in str(refused.value)
+    # what requests would have followed to, named by a name that leads up and out
+    assert ESCAPE.startswith("../")
+
+
+def test_a_redirect_from_https_to_http_and_endless_redirects_are_refused(hostile_web):
+    with HttpCatalog(verify=str(hostile_web.cert)) as web:
+        address = f"{hostile_web.https_url}/down?to={hostile_web.url}/home/notes.txt"
+        with pytest.raises(RefusedRedirect, match="from https to plain http") as refused:
+            web.stat(address)
+        assert refused.value.name == f"{hostile_web.url}/home/notes.txt" and refused.value.path == address
+        with pytest.raises(RefusedRedirect, match="redirected more than 10 times"):
+            web.stat(f"{hostile_web.url}/loop")
+
+
+def test_a_listing_with_a_bad_name_is_refused_naming_it_not_skipped(web, hostile_web):
+    from zarr_support import HOSTILE_LISTINGS, HOSTILE_NAMES
+
+    for listing in HOSTILE_LISTINGS:
+        address = f"{hostile_web.url}/listing/{listing}/"
+        with pytest.raises(UnsafeName) as refused:
+            list(web.list(address))
+        assert refused.value.name == HOSTILE_NAMES[listing]
+        assert f"{HOSTILE_NAMES[listing]!r} from the listing of {address}" in str(refused.value)

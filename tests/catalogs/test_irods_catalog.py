@@ -14,7 +14,7 @@ from irods_support import (BIG, NOTES, RAW, UNICODE_NAME, USERS, ZONE, client, h
                            start_standin, stop_standin)
 
 from bioimage_gateway.catalogs import (AuthenticationFailed, CatalogUnavailable, Entry, InvalidPath,
-                                       IrodsCatalog, NotFound, PermissionDenied)
+                                       IrodsCatalog, NotFound, PermissionDenied, UnsafeName)
 
 A = f"irods://{ZONE}/home/alice"
 B = f"irods://{ZONE}/home/bob"
@@ -286,3 +286,26 @@ def test_latency_option_slows_every_request_like_a_remote_zone():
         assert elapsed >= 3 * 0.040
     finally:
         stop_standin(standin)
+
+
+# --- names the server should never give --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["data object", "collection"])
+def test_a_listing_with_a_name_that_leads_out_is_refused_naming_it(alice, irods, kind):
+    """A damaged catalogue or hostile server answers the listing's query with ``..`` in a name
+    (the stand-in's ``seed_unchecked_name``; the real server's checks never make one)."""
+    coll = f"/{ZONE}/home/alice/hostile-{kind.replace(' ', '-')}"
+    catalogue = irods.catalogue()
+    try:
+        catalogue.seed_objects(f"{coll}/sub", "alice", [("x.txt", b"x")])
+        if kind == "collection":
+            catalogue.seed_unchecked_name(f"{coll}/sub", "../../bob")
+        else:
+            catalogue.seed_unchecked_name(f"{coll}/sub/x.txt", "../x.txt")
+    finally:
+        catalogue.close()
+    listed = f"irods:/{coll}" if kind == "collection" else f"irods:/{coll}/sub"
+    with pytest.raises(UnsafeName) as refused:
+        list(alice.list(listed))
+    assert refused.value.name == ("../../bob" if kind == "collection" else "../x.txt")
+    assert f"{refused.value.name!r} from {listed}" in str(refused.value)

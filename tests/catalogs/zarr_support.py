@@ -64,9 +64,9 @@ def make_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def nginx_serving(root: Path):
+def nginx_serving(root: Path, server_class: type | None = None):
     """Nginx on ``root`` for the length of a block; stopped by PID, and checked gone."""
-    server = Nginx(root).start()
+    server = (server_class or Nginx)(root).start()
     try:
         yield server
     finally:
@@ -118,9 +118,19 @@ http {{
         location = /digest/raw.bin {{ add_header Repr-Digest "sha-256=:{raw_digest}:"; }}
         location = /digest/old.bin {{ add_header Digest "SHA-256={old_digest}"; }}
         location /html/ {{ autoindex_format html; alias {self.root}/study1/; }}
+{self.locations()}
     }}
+{self.servers()}
 }}
 """
+
+    def locations(self) -> str:
+        """More ``location`` blocks for the server (none here)."""
+        return ""
+
+    def servers(self) -> str:
+        """More ``server`` blocks (none here)."""
+        return ""
 
     def start(self, timeout: float = 15) -> "Nginx":
         conf = self.dir / "nginx.conf"
@@ -167,3 +177,87 @@ http {{
     @property
     def running(self) -> bool:
         return alive(self.pid)
+
+
+# --- a hostile web server ----------------------------------------------------------------------
+
+HOSTILE_LISTINGS = {  # the raw JSON a hostile server sends as a directory listing
+    "dotdot": '[{"name": "..", "type": "directory", "mtime": "Mon, 01 Jan 2024 00:00:00 GMT"}]',
+    "escaped-slash": '[{"name": "..\\/..\\/00-x.py", "type": "file", "size": 5}]',
+    "unicode-dots": '[{"name": "\\u002e\\u002e\\u002f00-x.py", "type": "file", "size": 5}]',
+    "nul": '[{"name": "a\\u0000b", "type": "file", "size": 5}]',
+    "absolute": '[{"name": "/etc/passwd", "type": "file", "size": 5}]',
+}
+HOSTILE_NAMES = {"dotdot": "..", "escaped-slash": "../../00-x.py", "unicode-dots": "../00-x.py",
+                 "nul": "a\0b", "absolute": "/etc/passwd"}
+PAYLOAD = "print('this ran as the user who staged it')\n"
+# Where the redirects below lead, as seen from a staging entry (<scratch>/bioimage-gateway/staging/<key>):
+# the scratch folder's parent, "home/alice/...": a would-be IPython start-up file.
+ESCAPE = "../../../../home/alice/.ipython/profile_default/startup/00-x.py"
+# How a server may spell "../" in a redirect's target; nginx resolves each of them itself.
+ESCAPE_ENCODINGS = {"..%2F": ("..", "%2F"), "%2E%2E%2F": ("%2E%2E", "%2F"), "%2e%2e%2f": ("%2e%2e", "%2f"),
+                    "..%2f": ("..", "%2f"), "%2E.%2F": ("%2E.", "%2F")}
+
+
+def escaping_location(encoding: str) -> str:
+    """A redirect target that nginx serves (it resolves the ``..`` below ``/d/d/...`` itself)
+    and whose last segment, decoded, is ``ESCAPE``."""
+    dots, sep = ESCAPE_ENCODINGS[encoding]
+    segments = ESCAPE.split("/")
+    hops = segments.count("..")
+    return "/d" * hops + "/" + sep.join(dots if s == ".." else s for s in segments)
+
+
+class HostileNginx(Nginx):
+    """Debian's nginx answering as a hostile server would, beside ``root``'s ordinary files:
+
+    * ``/moved?to=LOCATION`` redirects (302) to ``LOCATION``, as given (nginx's ``$arg_to``:
+      not decoded), e.g. ``/d/d/..%2F..%2Fhome%2Fx`` (which nginx itself resolves to ``/home/x``);
+    * ``/loop`` redirects to itself;
+    * ``/escape/N`` redirects to ``escaping_location(ESCAPE_ENCODINGS key N)`` (fixed here, as
+      requests rewrites ``%2E`` to ``.`` in what it sends, so ``/moved`` cannot carry it);
+    * anything under ``/home/`` answers with ``PAYLOAD`` (a would-be IPython start-up file);
+    * ``/listing/NAME/`` is ``HOSTILE_LISTINGS[NAME]``, served as ``application/json`` (and
+      ``/listing/NAME`` redirects there, as for a folder);
+    * on ``https_url`` (a self-signed certificate, ``cert``), ``/down?to=URL`` redirects to ``URL``.
+    """
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.https_port = free_port()
+        self.https_url = f"https://127.0.0.1:{self.https_port}"
+        self.cert = self.dir / "cert.pem"
+        listings = Path(root) / "listings"
+        listings.mkdir(mode=0o755, exist_ok=True)
+        for name, text in HOSTILE_LISTINGS.items():
+            (listings / f"{name}.json").write_text(text)
+            (listings / f"{name}.json").chmod(0o644)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(self.dir / "key.pem"), "-out", str(self.cert)],
+                       check=True, capture_output=True)
+        (self.dir / "key.pem").chmod(0o644)  # read by nginx's workers (a throw-away test key)
+
+    def locations(self) -> str:
+        escapes = "".join(f"        location = /escape/{n} {{ return 302 {escaping_location(encoding)}; }}\n"
+                          for n, encoding in enumerate(ESCAPE_ENCODINGS))
+        return f"""
+        location = /moved {{ return 302 $arg_to; }}
+        location = /loop {{ return 302 /loop; }}
+{escapes}
+        location /home/ {{ default_type text/x-python; return 200 "{PAYLOAD.strip()}\\n"; }}
+        location ~ ^/listing/(?<which>[a-z-]+)/$ {{
+            default_type application/json; try_files /listings/$which.json =404; }}
+        location ~ ^/listing/([a-z-]+)$ {{ return 301 /listing/$1/; }}
+"""
+
+    def servers(self) -> str:
+        d = self.dir
+        return f"""
+    server {{
+        listen 127.0.0.1:{self.https_port} ssl;
+        ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
+        root {self.root};
+        location = /down {{ return 302 $arg_to; }}
+    }}
+"""

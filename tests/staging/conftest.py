@@ -146,3 +146,18 @@ class SmallFileSystem:
 
     def release(self) -> None:
         self.filler.unlink()
+
+
+@pytest.fixture(scope="session")
+def hostile_web():
+    """Debian's nginx as a hostile server (``zarr_support.HostileNginx``: redirects to encoded
+    ``..`` paths, listings with bad names, an https side redirecting to http); stopped by PID."""
+    from zarr_support import HostileNginx, nginx_serving
+
+    root = Path(tempfile.mkdtemp(prefix="gw-hostile-site-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        with nginx_serving(root, HostileNginx) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
