@@ -19,7 +19,7 @@ from pathlib import Path
 # \Z, not $: "$" also matches before a trailing newline, so "alice\n" would pass
 # every caller that uses .match.
 POSIX_USERNAME = re.compile(r"\A[a-z_][a-z0-9_.-]{0,31}\Z")
-JOB_ID = re.compile(r"^[0-9]{1,12}$")
+JOB_ID = re.compile(r"\A[0-9]{1,12}\Z")  # \Z: "$" would let "123\n" through
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
 RUNNING_STATES = {"RUNNING", "COMPLETING"}
