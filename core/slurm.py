@@ -20,6 +20,8 @@ from pathlib import Path
 # every caller that uses .match.
 POSIX_USERNAME = re.compile(r"\A[a-z_][a-z0-9_.-]{0,31}\Z")
 JOB_ID = re.compile(r"\A[0-9]{1,12}\Z")  # \Z: "$" would let "123\n" through
+# A host name or an IPv4/IPv6 address, as Slurm's NodeAddr holds them.
+NODE_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
 RUNNING_STATES = {"RUNNING", "COMPLETING"}
@@ -235,6 +237,19 @@ class SlurmClient:
         """How a job ended (or when it will end), from the controller's record (kept MinJobAge
         seconds after the end)."""
         return (await self._controller_records([check_job_id(job_id)])).get(job_id)
+
+    async def node_address(self, node: str) -> str:
+        """The address the hub reaches ``node`` at: its ``NodeAddr`` in slurm.conf (``sinfo %o``;
+        the node's name itself where the site leaves NodeAddr unset and DNS resolves it)."""
+        argv = [self._bin("sinfo"), "-h", "-N", "-n", node, "-o", "%N|%o"]
+        result = await run_argv(argv, env=self.env, timeout=self.timeout)
+        if result.returncode != 0:
+            raise SchedulerUnavailable(result.stderr.strip() or "sinfo failed")
+        for line in result.stdout.splitlines():
+            name, _, address = line.strip().partition("|")
+            if name == node and NODE_ADDRESS.fullmatch(address):
+                return address
+        raise SchedulerUnavailable(f"sinfo gave no address for node {node!r}")
 
     async def tail_file(self, username: str, path: str, lines: int = 30) -> str:
         """The last lines of a file the user owns (job logs live in their home)."""

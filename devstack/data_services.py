@@ -62,11 +62,13 @@ def write_irods_client_config(user: dict, host: str, port: int) -> Path:
     return Path(account.pw_dir) / ".irods" / "irods_environment.json"
 
 
-def start_irods(state_dir: Path, users: list[dict], images: list[Path]) -> IrodsStandin:
+def start_irods(state_dir: Path, users: list[dict], images: list[Path], host: str) -> IrodsStandin:
     irods = IrodsStandin(
         state_dir / "irods", zone=ZONE,
         users={u["username"]: u["password"] for u in users}, groups=_groups(users),
-    ).start()
+    )
+    irods.host = host
+    irods.start()
     catalogue = irods.catalogue()
     embryo, hela, zebrafish = images
     # Each researcher owns data in their home; alice shares one collection with her group.
@@ -81,11 +83,13 @@ def start_irods(state_dir: Path, users: list[dict], images: list[Path]) -> Irods
     return irods
 
 
-def start_omero(state_dir: Path, users: list[dict]) -> OmeroStandin:
+def start_omero(state_dir: Path, users: list[dict], host: str) -> OmeroStandin:
     # OMERO users need a group; the demo's no-group user gets a private one of their own.
     omero_users = [{**u, "groups": list(u["groups"]) or [f"{u['username']}-private"]}
                    for u in users]
-    omero = OmeroStandin(state_dir / "omero", users=omero_users).start()
+    omero = OmeroStandin(state_dir / "omero", users=omero_users)
+    omero.host = host
+    omero.start()
     store = omero.store()
     try:
         projects: dict[str, int] = {}  # one project per owner, a dataset per sample in it
@@ -106,12 +110,13 @@ def start_omero(state_dir: Path, users: list[dict]) -> OmeroStandin:
     return omero
 
 
-def start_data_services(state_dir: Path, users: list[dict]) -> tuple[dict, dict]:
-    """Start and seed both stand-ins; return (their record for devstack.json, their PIDs)."""
+def start_data_services(state_dir: Path, users: list[dict], host: str = "127.0.0.1") -> tuple[dict, dict]:
+    """Start and seed both stand-ins, listening on ``host``; return (their record for
+    devstack.json, their PIDs)."""
     images = write_samples(state_dir / "samples")
-    irods = start_irods(state_dir, users, images)
+    irods = start_irods(state_dir, users, images, host)
     try:
-        omero = start_omero(state_dir, users)
+        omero = start_omero(state_dir, users, host)
     except BaseException:
         irods.stop()
         raise

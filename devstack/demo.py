@@ -8,6 +8,7 @@ leaving no process and no Slurm job behind.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def hub_answers(url: str) -> bool:
 
 
 class HubProcess:
-    """JupyterHub configured from a gateway.yaml, as a child process."""
+    """JupyterHub configured from a gateway.yaml, as a child process running as ``run_as``
+    (the stack's unprivileged hub account; None: this process's own user)."""
 
     def __init__(
         self,
@@ -45,22 +47,38 @@ class HubProcess:
         workdir: Path,
         log_path: Path | None = None,
         config_file: Path | None = None,
+        run_as: str | None = None,
     ):
         self.settings_path = settings_path
-        self.url = load_settings(settings_path).hub.public_url
+        settings = load_settings(settings_path)
+        self.url = settings.hub.public_url
+        self.data_dir = Path(settings.hub.data_dir)
         self.workdir = workdir
         self.config_file = config_file or hub_config_path()
         self.log_path = log_path
+        self.run_as = run_as
         self.proc: subprocess.Popen | None = None
+
+    def _account(self) -> dict:
+        """How to start the hub as ``run_as``: its own data folder, where it also works."""
+        if self.run_as is None:
+            return {"cwd": self.workdir}
+        account = pwd.getpwnam(self.run_as)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.data_dir, account.pw_uid, account.pw_gid, follow_symlinks=False)
+        return {"cwd": self.data_dir, "user": account.pw_uid, "group": account.pw_gid, "extra_groups": [],
+                "env": {"HOME": str(self.data_dir), "USER": account.pw_name, "LOGNAME": account.pw_name}}
 
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "BIOIMAGE_GATEWAY_CONFIG": str(self.settings_path)}
         # configurable-http-proxy comes from npm's global prefix.
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/local/bin"
+        account = self._account()
+        env.update(account.pop("env", {}))
         out = private_log(self.log_path) if self.log_path else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
-            cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            env=env, stdout=out, stderr=subprocess.STDOUT if out else None, **account,
         )
         try:
             wait_until(lambda: hub_answers(self.url) or self.proc.poll() is not None, timeout, "the hub")
@@ -89,7 +107,7 @@ def run_demo(state_dir: Path, port: int) -> int:
     try:
         record = stack.up(hub_port=port)
         hub = HubProcess(Path(record["gateway_yaml"]), stack.state_dir,
-                         log_path=stack.state_dir / "hub.log")
+                         log_path=stack.state_dir / "hub.log", run_as=record["hub_account"])
         hub.start()
         print("Demo users (password): "
               + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))

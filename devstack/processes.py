@@ -93,7 +93,7 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(argv, **kwargs)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(
-            f"{' '.join(argv)} failed with status {exc.returncode}: {exc.stderr.strip()}"
+            f"{' '.join(argv)} failed with status {exc.returncode}: {(exc.stderr or '').strip()}"
         ) from None
 
 
@@ -122,7 +122,7 @@ class StandinProcess:
         for name in ("server.json", "server.pid"):
             (self.state_dir / name).unlink(missing_ok=True)
         self._log = private_log(self.state_dir / "server.log")
-        self._proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
+        self._proc = subprocess.Popen([*self.argv(), "--host", self.host], stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self._proc.pid
         deadline = time.monotonic() + timeout

@@ -27,10 +27,13 @@ from pathlib import Path
 
 import yaml
 
+from bioimage_gateway.hub_config import sudoers as hub_sudoers
+
 from .accounting import AccountingSeed
 from .data_services import start_data_services, stop_data_services, write_irods_client_config
 from .idp import LocalIdentityProvider, demo_users
 from .processes import alive, free_port, run
+from .network import Node, NodeNetwork, remove_stale
 from .slurm import CLUSTER, LocalSlurm
 from .trust import prepare_state_dir, read_trusted_json
 
@@ -50,6 +53,27 @@ def ensure_unix_user(name: str) -> pwd.struct_passwd:
     except KeyError:
         run(["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name])
         return pwd.getpwnam(name)
+
+
+# The account the hub runs as, as at a site: unprivileged, acting for users only through the
+# sudo rules of hub_config/templates/sudoers.j2.
+HUB_ACCOUNT = "gateway-hub"
+
+
+def ensure_hub_account(name: str = HUB_ACCOUNT) -> pwd.struct_passwd:
+    """A system account with no home and no login shell."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", name])
+        return pwd.getpwnam(name)
+
+
+def give_to(account: pwd.struct_passwd, *paths: Path) -> None:
+    """Make files and folders the stack wrote for the hub belong to the hub's account."""
+    for path in paths:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 
 def readable_by_others(path: Path) -> bool:
@@ -82,7 +106,7 @@ def check_session_environment(prefix: Path) -> Path:
     return prefix
 
 
-SLURM_DAEMONS = ("munged", "slurmctld", "slurmd", "mariadbd", "slurmdbd")
+SLURM_DAEMONS = ("munged", "slurmctld", "mariadbd", "slurmdbd")  # and a slurmd-<node> per node
 # On by default; BIOIMAGE_GATEWAY_DEVSTACK_ACCOUNTING=0 runs Slurm without slurmdbd
 # (to compare with a site that has none).
 ACCOUNTING = os.environ.get("BIOIMAGE_GATEWAY_DEVSTACK_ACCOUNTING", "1") != "0"
@@ -156,7 +180,8 @@ def gateway_settings(
             "public_url": hub_urls(hub_port)["public_url"],
             "ip": "127.0.0.1",
             "port": hub_port,
-            "api_ip": "127.0.0.1",
+            # The compute nodes reach the hub's API at the service host's cluster address.
+            "api_ip": slurm.network.service_address,
             "api_port": free_port(),
             "proxy_api_port": free_port(),
             "data_dir": str(state_dir / "hub"),
@@ -221,6 +246,14 @@ def site_resources(slurm: LocalSlurm) -> dict:
     }
 
 
+def stack_is_live(state_dir: Path) -> bool:
+    """Whether the stack recorded in ``state_dir`` still has a daemon running."""
+    try:
+        return Devstack(state_dir).running(any_daemon=True)
+    except (RuntimeError, OSError, ValueError):  # gone, or a record that cannot be trusted
+        return False
+
+
 @dataclass
 class Devstack:
     state_dir: Path
@@ -241,21 +274,37 @@ class Devstack:
             raise RuntimeError(f"no devstack recorded in {self.state_dir}")
         slurm = LocalSlurm(
             state_dir=self.state_dir,
+            network=NodeNetwork.from_record(rec["network"]),
             ctld_port=rec["slurm"]["slurmctld_port"],
             slurmd_port=rec["slurm"]["slurmd_port"],
-            node=rec["slurm"]["node"],
             cpus=rec["slurm"]["cpus"],
             memory_mb=rec["slurm"]["memory_mb"],
-            pids={k: v for k, v in rec["pids"].items() if k in SLURM_DAEMONS},
+            pids={k: v for k, v in rec["pids"].items() if k in SLURM_DAEMONS or k.startswith("slurmd-")},
         )
         if rec.get("accounting"):
             slurm.enable_accounting(rec["accounting"]["mariadb_port"],
                                     rec["accounting"]["slurmdbd_port"])
         return slurm
 
-    def running(self) -> bool:
+    def network(self) -> NodeNetwork:
+        return NodeNetwork.from_record(self.record()["network"])
+
+    def node(self, name: str) -> Node:
+        """A compute node of this stack, by its Slurm name (``node.argv`` runs a command there)."""
+        for node in self.network().nodes:
+            if node.name == name:
+                return node
+        raise LookupError(f"no node {name!r} in the stack of {self.state_dir}")
+
+    def node_of_job(self, job_id: str) -> Node:
+        """The node a running job of this stack runs on (its batch host)."""
+        host = run(["squeue", "-h", "-j", job_id, "-o", "%B"], env=self.slurm().env).stdout.strip()
+        return self.node(host)
+
+    def running(self, any_daemon: bool = False) -> bool:
         rec = self.record()
-        return bool(rec) and all(alive(pid) for pid in rec["pids"].values())
+        check = any if any_daemon else all
+        return bool(rec) and check(alive(pid) for pid in rec["pids"].values())
 
     def up(
         self,
@@ -279,6 +328,7 @@ class Devstack:
         session_env = check_session_environment(Path(session_env or sys.prefix))
         for entry in DEMO_USERS:
             ensure_unix_user(entry["username"])
+        hub_account = ensure_hub_account()
         users_file = self.state_dir / "demo-users.json"
         _write_secret(users_file, json.dumps(DEMO_USERS, indent=2))
         (self.state_dir / "scratch").mkdir(exist_ok=True, mode=0o755)
@@ -286,7 +336,13 @@ class Devstack:
         hub_port = hub_port or free_port()
         urls = hub_urls(hub_port)
         _write_secret(self.state_dir / "crypt-key", secrets.token_hex(32))
-        slurm = LocalSlurm(state_dir=self.state_dir)
+        # What a crashed stack left (namespaces, links), then this stack's compute nodes.
+        remove_stale(stack_is_live)
+        network = NodeNetwork.new(self.state_dir)
+        network.up(self.state_dir)
+        # The hub's sudo rules, from the template a site installs (removed with the network).
+        sudo_rules = network.install_sudo_rules(hub_sudoers.render(hub_user=hub_account.pw_name))
+        slurm = LocalSlurm(state_dir=self.state_dir, network=network)
         if node_cpus:
             slurm.cpus = node_cpus
         if (ACCOUNTING if accounting is None else accounting):
@@ -306,7 +362,8 @@ class Devstack:
 
         def start_services():
             idp.start()
-            record, pids = start_data_services(self.state_dir, DEMO_USERS)
+            # On the service host's cluster address: sessions on the nodes reach them there.
+            record, pids = start_data_services(self.state_dir, DEMO_USERS, host=network.service_address)
             data_services.update(record)
             data_pids.update(pids)
 
@@ -317,9 +374,18 @@ class Devstack:
         except BaseException:
             stop_data_services(data_pids)
             idp.stop()
-            slurm.stop()
+            try:
+                slurm.stop()
+            finally:
+                network.down()
             raise
         _write_secret(self.state_dir / "oidc-client-secret", idp.clients[0]["client_secret"])
+        # What the hub reads or writes as its own account: secrets, the demo accounts of the
+        # local-password hubs, its data folder.
+        hub_dir = self.state_dir / "hub"
+        hub_dir.mkdir(mode=0o700, exist_ok=True)
+        give_to(hub_account, hub_dir, users_file, self.state_dir / "crypt-key",
+                self.state_dir / "oidc-client-secret")
         settings = gateway_settings(
             self.state_dir, slurm, session_env, hub_port, authentik_settings(self.state_dir, idp)
         )
@@ -329,10 +395,13 @@ class Devstack:
                     + yaml.safe_dump(settings, sort_keys=False))
         rec = {
             "state_dir": str(self.state_dir),
+            "network": network.record(self.state_dir),
+            "hub_account": hub_account.pw_name,
+            "sudo_rules": str(sudo_rules),
             "slurm": {
                 "conf": str(slurm.conf),
                 "cluster": CLUSTER,
-                "node": slurm.node,
+                "nodes": [{"name": n.name, "address": n.address} for n in slurm.nodes],
                 "cpus": slurm.cpus,
                 "memory_mb": slurm.memory_mb,
                 "slurmctld": f"127.0.0.1:{slurm.ctld_port}",
@@ -421,8 +490,12 @@ class Devstack:
     def down(self) -> None:
         if self.record() is None:
             return
+        record = self.record()
         try:
             self.idp().stop()
-            stop_data_services(self.record()["pids"])
+            stop_data_services(record["pids"])
         finally:
-            self.slurm().stop()
+            try:
+                self.slurm().stop()
+            finally:
+                NodeNetwork.from_record(record["network"]).down()

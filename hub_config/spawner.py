@@ -45,6 +45,7 @@ from bioimage_gateway.slurm import (
     check_username,
 )
 
+from . import sudoers as hub_sudoers
 from .cluster_info import ClusterInfo
 from .form import render_options_form
 from .poller import QueuePoller
@@ -166,9 +167,9 @@ class GatewaySpawner(SlurmSpawner):
             env["BIOIMAGE_GATEWAY_ACCESS_TOKEN"] = self._access_token
         env["SLURM_CONF"] = str(self.site.slurm.conf)
         env.update(self._session_context_env())
-        # The job gets a plain system PATH; the batch script puts the session
-        # environment first.  The hub's own PATH and virtualenv stay in the hub.
-        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+        # The hub's own PATH and virtualenv stay in the hub: the job starts with sudo's
+        # secure_path, and the batch script puts the session environment first.
+        env.pop("PATH", None)
         return env
 
     def _session_context_env(self) -> dict[str, str]:
@@ -229,13 +230,25 @@ class GatewaySpawner(SlurmSpawner):
             command=" ".join(shlex.quote(part) for part in command),
         )
 
+    def sudo_environment(self) -> dict[str, str]:
+        """What reaches the job through ``sudo -u USER sbatch``: the spawner's environment, less
+        what the hub account's sudo rules do not keep (sudo would refuse the whole command)."""
+        env = self.get_env()
+        passed = {name: value for name, value in env.items() if hub_sudoers.kept(name)}
+        dropped = sorted(set(env) - set(passed) - hub_sudoers.SET_BY_SUDO)
+        if dropped:
+            self.log.warning("Not passed to %s's session (not kept by the sudo rules): %s",
+                             self.user.name, ", ".join(dropped))
+        return passed
+
     async def submit_batch_script(self):
         request = self.session_request()
         self._check_session_count()
-        env = self.get_env()
+        env = self.sudo_environment()
         home = pwd.getpwnam(self.user.name).pw_dir
         await self.slurm.make_user_dir(self.user.name, f"{home}/{self.site.session.log_dir}")
-        script = self.batch_script(request, list(env))
+        # PATH is sudo's secure_path; the script puts the session environment first.
+        script = self.batch_script(request, [*env, "PATH"])
         self.log.info(
             "Submitting %s session for %s: %s", request.profile.slug, self.user.name,
             request.as_options(),
@@ -355,6 +368,15 @@ class GatewaySpawner(SlurmSpawner):
         finally:
             self.poller.started(self.job_id)
 
+    async def _node_address(self, node: str) -> str:
+        for attempt in range(3):
+            try:
+                return await self.slurm.node_address(node)
+            except SchedulerUnavailable:
+                if attempt == 2:
+                    raise SessionStartError(f"Slurm did not say where node {node} is") from None
+                await self.poller.next_answer()
+
     async def _poll_until_up(self):
         while True:
             status = await self.query_job_status()
@@ -365,7 +387,8 @@ class GatewaySpawner(SlurmSpawner):
             if status is JobStatus.RUNNING and self.port:
                 break
             await self.poller.next_answer()
-        self.ip = self.state_gethost()
+        # The node's address on the cluster network (NodeAddr), where the proxy reaches it.
+        self.ip = await self._node_address(self.state_gethost())
         self.db.commit()
         self.log.info(
             "Session of %s (job %s) is up at %s:%s", self.user.name, self.job_id, self.ip, self.port

@@ -26,7 +26,10 @@ def irods_as(services, username: str):
 def test_devstack_json_lists_both_stand_ins(devstack, services):
     record = devstack.record()
     assert {"irods", "omero"} <= set(record["pids"])
-    assert services["irods"]["port"] and services["omero"]["url"].startswith("http://127.0.0.1:")
+    # On the service host's cluster address, where sessions on the compute nodes reach them.
+    service = record["network"]["service_address"]
+    assert services["irods"]["host"] == service and services["irods"]["port"]
+    assert services["omero"]["url"].startswith(f"http://{service}:")
 
 
 def test_each_researcher_finds_their_images_with_rembi_metadata(services):

@@ -49,12 +49,14 @@ def sudo_argv(username: str, env: dict[str, str], argv: list[str]) -> list[str]:
 
 
 class UserPython:
-    """A Python process running as a demo user, driven from the test."""
+    """A Python process running as a demo user, driven from the test; on a compute ``node``
+    of the stack (as a kernel of a session there runs) when one is given."""
 
-    def __init__(self, username: str, env: dict[str, str], cwd: str = "/tmp"):
+    def __init__(self, username: str, env: dict[str, str], cwd: str = "/tmp", node=None):
         self.username = username
+        argv = sudo_argv(username, user_env(username, env), [VENV_PYTHON, "-u", "-c", REPL])
         self.proc = subprocess.Popen(
-            sudo_argv(username, user_env(username, env), [VENV_PYTHON, "-u", "-c", REPL]),
+            node.argv(argv) if node is not None else argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, cwd=cwd,
         )

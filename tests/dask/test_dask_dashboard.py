@@ -52,7 +52,8 @@ def test_dashboard_through_the_hub_for_its_owner_only(devstack, hub, alice, bob,
                                    "DASK_"))}
     kernel_env["BIOIMAGE_GATEWAY_CONFIG"] = alice_env["BIOIMAGE_GATEWAY_CONFIG"]
     port = free_port()
-    python = UserPython("alice", kernel_env)
+    # The kernel runs beside its session's server, on the session's node.
+    python = UserPython("alice", kernel_env, node=devstack.node_of_job(session_job))
     try:
         link = python(
             "from bioimage_gateway.dask_clusters import new_cluster\n"

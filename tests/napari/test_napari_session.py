@@ -224,22 +224,24 @@ def alice_desktop_processes(api_url: str) -> dict[int, str]:
     return found
 
 
-def probe_as(username: str, *args: str) -> dict:
-    result = subprocess.run(["sudo", "-n", "-u", username, "/usr/bin/python3", "-c", PROBE, *args],
+def probe_as(username: str, node, *args: str) -> dict:
+    """The probe run by ``username`` on ``node`` (another user sharing alice's node)."""
+    result = subprocess.run(node.argv(["sudo", "-n", "-u", username, "/usr/bin/python3", "-c", PROBE, *args]),
                             capture_output=True, text=True, timeout=60, cwd="/tmp")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def test_the_desktop_is_alices_alone_and_ends_with_the_session(alice_kernel, alice_session):
+def test_the_desktop_is_alices_alone_and_ends_with_the_session(alice_kernel, alice_session, devstack):
     info = kernel_json(alice_kernel, """
 import json, os
 from bioimage_gateway.napari_desktop import session_desktop
 d = session_desktop()
 print(json.dumps({"pid": d.pid, "display": d.display, "socket": d.vnc_socket,
                   "server": int(os.environ["JPY_PARENT_PID"]),
-                  "api": os.environ["JUPYTERHUB_API_URL"]}))
+                  "api": os.environ["JUPYTERHUB_API_URL"], "job": os.environ["SLURM_JOB_ID"]}))
 """)
+    node = devstack.node_of_job(info["job"])  # where alice's session runs, and bob probes
     alice = pwd.getpwnam("alice")
     xvnc = info["pid"]
     assert Path(f"/proc/{xvnc}").stat().st_uid == alice.pw_uid  # runs as alice
@@ -251,21 +253,21 @@ print(json.dumps({"pid": d.pid, "display": d.display, "socket": d.vnc_socket,
     assert info["server"] in chain
 
     # no TCP port at all: the VNC side is a UNIX socket in a directory only alice may enter
-    tcp = subprocess.run(["ss", "-H", "-ltnup"], capture_output=True, text=True, check=True)
+    tcp = subprocess.run(node.argv(["ss", "-H", "-ltnup"]), capture_output=True, text=True, check=True)
     assert f"pid={xvnc}," not in tcp.stdout
-    unix = subprocess.run(["ss", "-H", "-lxp"], capture_output=True, text=True, check=True)
+    unix = subprocess.run(node.argv(["ss", "-H", "-lxp"]), capture_output=True, text=True, check=True)
     assert info["socket"] in unix.stdout
     folder = Path(info["socket"]).parent
     assert folder.stat().st_uid == alice.pw_uid and folder.stat().st_mode & 0o777 == 0o700
 
     display = info["display"].lstrip(":")
     x11 = f"/tmp/.X11-unix/X{display}"
-    bob = probe_as("bob", x11, info["socket"], os.path.join(alice.pw_dir, ".Xauthority"), display)
+    bob = probe_as("bob", node, x11, info["socket"], os.path.join(alice.pw_dir, ".Xauthority"), display)
     assert bob["vnc"] == "PermissionError"       # the VNC socket: not even a connection
     assert bob["x11"] == "refused"               # the X display: no cookie, no entry
     assert bob["cookie"] == "PermissionError"    # and alice's cookie file is hers
     # the same probes as alice (a cookie from her file) get in: the refusals above are real
-    mine = probe_as("alice", x11, info["socket"], os.path.join(alice.pw_dir, ".Xauthority"), display)
+    mine = probe_as("alice", node, x11, info["socket"], os.path.join(alice.pw_dir, ".Xauthority"), display)
     assert mine["vnc"].startswith("RFB ") and mine["x11"] == "accepted", mine
 
     # stopping the session ends the desktop: VNC server, openbox, its D-Bus, nothing left

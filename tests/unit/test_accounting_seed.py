@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from bioimage_gateway.devstack.accounting import AccountingSeed
+from bioimage_gateway.devstack.network import NodeNetwork
 from bioimage_gateway.devstack.slurm import LocalSlurm
 from bioimage_gateway.devstack.stack import DEMO_USERS, site_resources
 from bioimage_gateway.hub_config.cluster_info import cluster_name
 
 
 def seed() -> AccountingSeed:
-    slurm = LocalSlurm(Path("/nonexistent"), cpus=2, memory_mb=4096)
+    slurm = LocalSlurm(Path("/nonexistent"), NodeNetwork("unit", 1, 1, Path("/nonexistent")), cpus=2, memory_mb=4096)
     slurm.enable_accounting()
     return AccountingSeed.from_settings(site_resources(slurm), DEMO_USERS)
 
