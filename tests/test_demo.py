@@ -69,6 +69,11 @@ def run_demo_and_stop():
             demo.wait()
     for name, pid in record["pids"].items():
         assert not alive(pid), f"{name} ({pid}) still running"
+    # The compute nodes, their bridge and the hub account's sudo rules went with it.
+    namespaces = run(["ip", "netns", "list"]).stdout
+    assert not any(node["netns"] in namespaces for node in record["network"]["nodes"])
+    assert record["network"]["bridge"] not in run(["ip", "-o", "link", "show"]).stdout
+    assert not Path(record["sudo_rules"]).exists()
     # No session left: no process of alice's job survives the demo.
     leftover = run(["pgrep", "-u", "alice", "-f", "jupyterhub-singleuser"], check=False)
     assert leftover.stdout.strip() == ""
