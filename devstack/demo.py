@@ -48,6 +48,7 @@ class HubProcess:
         log_path: Path | None = None,
         config_file: Path | None = None,
         run_as: str | None = None,
+        network=None,
     ):
         self.settings_path = settings_path
         settings = load_settings(settings_path)
@@ -57,6 +58,9 @@ class HubProcess:
         self.config_file = config_file or hub_config_path()
         self.log_path = log_path
         self.run_as = run_as
+        # The stack's NodeNetwork: the hub then runs on the service host with the cluster's
+        # hosts file, where node names resolve as through a site's DNS.
+        self.network = network
         self.proc: subprocess.Popen | None = None
 
     def _account(self) -> dict:
@@ -66,8 +70,11 @@ class HubProcess:
         account = pwd.getpwnam(self.run_as)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         os.chown(self.data_dir, account.pw_uid, account.pw_gid, follow_symlinks=False)
-        return {"cwd": self.data_dir, "user": account.pw_uid, "group": account.pw_gid, "extra_groups": [],
-                "env": {"HOME": str(self.data_dir), "USER": account.pw_name, "LOGNAME": account.pw_name}}
+        options = {"cwd": self.data_dir,
+                   "env": {"HOME": str(self.data_dir), "USER": account.pw_name, "LOGNAME": account.pw_name}}
+        if self.network is None:  # else the service host's wrapper drops to the account
+            options.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+        return options
 
     def start(self, timeout: float = 120) -> None:
         env = {**os.environ, "BIOIMAGE_GATEWAY_CONFIG": str(self.settings_path)}
@@ -76,9 +83,11 @@ class HubProcess:
         account = self._account()
         env.update(account.pop("env", {}))
         out = private_log(self.log_path) if self.log_path else None
+        argv = [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)]
+        if self.network is not None:
+            argv = self.network.service_argv(argv, self.run_as)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
-            env=env, stdout=out, stderr=subprocess.STDOUT if out else None, **account,
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, **account,
         )
         try:
             wait_until(lambda: hub_answers(self.url) or self.proc.poll() is not None, timeout, "the hub")
@@ -107,7 +116,8 @@ def run_demo(state_dir: Path, port: int) -> int:
     try:
         record = stack.up(hub_port=port)
         hub = HubProcess(Path(record["gateway_yaml"]), stack.state_dir,
-                         log_path=stack.state_dir / "hub.log", run_as=record["hub_account"])
+                         log_path=stack.state_dir / "hub.log", run_as=record["hub_account"],
+                         network=stack.network())
         hub.start()
         print("Demo users (password): "
               + ", ".join(f"{u['username']} ({u['username']}-demo)" for u in record["users"]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import pwd
 import random
 import secrets
 import socket
@@ -121,6 +122,21 @@ class NodeNetwork:
         except BaseException:
             self.down()
             raise
+
+    def service_argv(self, argv: list[str], user: str | None = None) -> list[str]:
+        """``argv`` on the service host with the cluster's hosts file (the node names resolve,
+        as through a site's DNS), as ``user`` when given (the hub's account)."""
+        drop = []
+        if user is not None:
+            account = pwd.getpwnam(user)
+            drop = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts_file), *drop, *argv]
+
+    @property
+    def sudo_alias(self) -> str:
+        """The prefix of this stack's sudo command aliases (one per stack: stacks side by side)."""
+        return f"GATEWAY_{self.stack_id.upper()}"
 
     @property
     def sudo_rules_path(self) -> Path:

@@ -341,7 +341,8 @@ class Devstack:
         network = NodeNetwork.new(self.state_dir)
         network.up(self.state_dir)
         # The hub's sudo rules, from the template a site installs (removed with the network).
-        sudo_rules = network.install_sudo_rules(hub_sudoers.render(hub_user=hub_account.pw_name))
+        sudo_rules = network.install_sudo_rules(hub_sudoers.render(
+            hub_user=hub_account.pw_name, alias=network.sudo_alias))
         slurm = LocalSlurm(state_dir=self.state_dir, network=network)
         if node_cpus:
             slurm.cpus = node_cpus

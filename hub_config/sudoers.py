@@ -41,12 +41,17 @@ def kept(name: str) -> bool:
 
 
 def render(*, hub_user: str, session_users: str = "ALL", slurm_bin: str = "/usr/bin",
-           home_root: str = "/home", log_dir: str = ".bioimage-gateway/logs") -> str:
-    """The rules for a site (what ansible writes to /etc/sudoers.d/bioimage-gateway)."""
+           home_root: str = "/home", log_dir: str = ".bioimage-gateway/logs",
+           alias: str = "GATEWAY") -> str:
+    """The rules for a site (what ansible writes to /etc/sudoers.d/bioimage-gateway).
+    ``alias`` prefixes the command aliases: sudo warns of an alias defined twice, so rules
+    installed side by side (several local stacks) need one each."""
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]*", alias):
+        raise ValueError(f"{alias!r} is not a sudoers alias name (A-Z, 0-9, _)")
     environment = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     return environment.from_string(template_text()).render(
         hub_user=hub_user, session_users=session_users, slurm_bin=slurm_bin,
-        home_root=home_root, log_dir=log_dir)
+        home_root=home_root, log_dir=log_dir, alias=alias)
 
 
 def install(path: Path, text: str) -> None:

@@ -81,6 +81,7 @@ def start_hub(devstack, name: str = "hub", auth_changes: dict | None = None,
         settings_path = devstack.state_dir / f"{name}.yaml"
         settings_path.write_text(yaml.safe_dump(settings))
     process = HubProcess(settings_path, devstack.state_dir,
-                         log_path=devstack.state_dir / f"{name}.log", run_as=record["hub_account"])
+                         log_path=devstack.state_dir / f"{name}.log", run_as=record["hub_account"],
+                         network=devstack.network())
     process.start()
     return process

@@ -51,7 +51,7 @@ def test_the_hub_and_its_proxy_run_as_the_unprivileged_hub_account(devstack, hub
     assert proxy and owner(proxy[0]) == account
     # ...with exactly the rules rendered from the shipped template, which visudo accepts.
     installed = Path(devstack.record()["sudo_rules"])
-    assert installed.read_text() == sudoers.render(hub_user=account)
+    assert installed.read_text() == sudoers.render(hub_user=account, alias=devstack.network().sudo_alias)
     assert run(["visudo", "-cf", str(installed)], check=False).returncode == 0
 
 

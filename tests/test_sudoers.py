@@ -10,10 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from jinja2 import Template
 
 from bioimage_gateway.devstack.processes import run
 from bioimage_gateway.devstack.stack import ensure_unix_user
+from bioimage_gateway.hub_config import sudoers
 
 TEMPLATE = Path(__file__).parents[1] / "ansible/roles/bioimage_gateway/templates/sudoers.j2"
 HUB_USER = "gwhub"
@@ -21,10 +21,12 @@ INSTALLED = Path("/etc/sudoers.d/zz-bioimage-gateway-test")
 
 
 def render(**overrides) -> str:
+    """The shipped template (the file ansible links to), rendered as a site would."""
+    assert TEMPLATE.read_text() == sudoers.template_text()
     values = dict(hub_user=HUB_USER, slurm_bin="/usr/bin", home_root="/home",
-                  log_dir=".bioimage-gateway/logs", session_users="alice, bob")
+                  log_dir=".bioimage-gateway/logs", session_users="alice, bob", alias="GATEWAY_TEST")
     values.update(overrides)
-    return Template(TEMPLATE.read_text()).render(**values) + "\n"
+    return sudoers.render(**values)
 
 
 @pytest.fixture(scope="module")

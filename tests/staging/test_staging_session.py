@@ -36,7 +36,7 @@ def staging_hub(devstack):
     path = devstack.state_dir / "staging-hub.yaml"
     path.write_text(yaml.safe_dump(settings))
     hub = HubProcess(path, devstack.state_dir, log_path=devstack.state_dir / "staging-hub.log",
-                     run_as=devstack.record()["hub_account"])
+                     run_as=devstack.record()["hub_account"], network=devstack.network())
     hub.api_port = settings["hub"]["api_port"]
     hub.start()
     yield hub, Path(settings["scratch_root"])
