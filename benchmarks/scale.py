@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import secrets
 import signal
 import statistics
 import sys
@@ -48,6 +49,13 @@ STOCK_BASE = Path(__file__).with_name("stock_batchspawner_config.py")
 OURS_CONFIG = """
 load_subconfig({base!r})
 import sys
+# The benchmark creates the load users and starts their sessions with a service's token: the
+# gateway's admin role does not create users or act as them.
+c.JupyterHub.services = [*c.JupyterHub.services, {{"name": "scale-benchmark", "api_token": {token!r}}}]
+c.JupyterHub.load_roles = [*c.JupyterHub.load_roles, {{
+    "name": "scale-benchmark", "services": ["scale-benchmark"],
+    "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "read:servers",
+               "admin:groups"]}}]
 c.Spawner.cmd = [sys.executable, "-m", "bioimage_gateway.devstack.tiny_session"]
 c.Spawner.poll_interval = {interval}
 c.Spawner.http_timeout = 120
@@ -94,10 +102,12 @@ def hub_settings(devstack: Devstack, name: str, bin_dir: Path, interval: float,
     return path
 
 
-def admin_client(hub: HubProcess, password: str = "ada-demo") -> HubClient:
+def admin_client(hub: HubProcess, password: str = "ada-demo", token: str | None = None) -> HubClient:
+    """ada's token on the stock hub (a JupyterHub admin there); the benchmark service's on ours."""
     client = HubClient(hub.url, "ada", password)
-    client.login()
-    token = client.new_token("scale benchmark")
+    if token is None:
+        client.login()
+        token = client.new_token("scale benchmark")
     client.http.headers["Authorization"] = f"token {token}"
     return client
 
@@ -107,6 +117,9 @@ def start_sessions(admin: HubClient, users: list[str], options: dict) -> None:
         # 409: the user exists already (signed in before, or an earlier round).
         response = admin.api("POST", f"/users/{user}")
         assert response.status_code in (201, 409), response.text
+    if "profile" in options:  # ours: in the group the IdP gives them at sign-in, the CPU profile's
+        response = admin.api("POST", "/groups/imaging/users", json={"users": users})
+        assert response.status_code == 200, response.text
     def start(user: str) -> str | None:
         response = admin.api("POST", f"/users/{user}/server", json=options, timeout=120)
         # 400: already running (from the previous, smaller N).
@@ -244,11 +257,16 @@ def main() -> int:
         tiny.chmod(0o755)
 
         ours_cfg = state_dir / "ours_config.py"
-        ours_cfg.write_text(OURS_CONFIG.format(base=str(hub_config_path()),
+        service_token = secrets.token_hex(32)
+        ours_cfg.write_text(OURS_CONFIG.format(base=str(hub_config_path()), token=service_token,
                                                interval=args.interval))
+        ours_cfg.chmod(0o644)
+        # Ours as a site runs it (the hub account, the shipped sudo rules); stock as root, whose
+        # `sudo -E` those rules refuse.  Both on the service host, sessions on the nodes.
         ours = HubProcess(
             hub_settings(devstack, "ours", state_dir / "bin-ours", args.interval),
-            state_dir, state_dir / "ours.log", config_file=ours_cfg)
+            state_dir, state_dir / "ours.log", config_file=ours_cfg,
+            run_as=devstack.record()["hub_account"], network=devstack.network())
         stock_cfg = state_dir / "stock_config.py"
         stock_cfg.write_text(STOCK_CONFIG.format(base=str(STOCK_BASE),
                                                  bin_dir=str(state_dir / "bin-stock"),
@@ -265,7 +283,7 @@ def main() -> int:
         stock = HubProcess(
             hub_settings(devstack, "stock", state_dir / "bin-stock", args.interval,
                          users_file=users_file),
-            state_dir, state_dir / "stock.log", config_file=stock_cfg)
+            state_dir, state_dir / "stock.log", config_file=stock_cfg, network=devstack.network())
         for hub in (ours, stock):
             hub.start()
             hubs_started.append(hub)
@@ -277,7 +295,7 @@ def main() -> int:
 
         print(f"\n2. Scheduler queries per poll interval ({args.interval:.0f} s), "
               f"{args.window:.0f} s windows:", flush=True)
-        ours_admin = admin_client(ours)
+        ours_admin = admin_client(ours, token=service_token)
         stock_admin = admin_client(stock)
         hubs = {
             "ours": (ours, ours_admin, ours_log,

@@ -75,10 +75,14 @@ def main() -> int:
     hubs: list[HubProcess] = []
     try:
         devstack.up()
-        ours = HubProcess(hub_settings(devstack, "ours"), state_dir, state_dir / "ours.log")
+        # Ours as a site runs it: the hub account, acting through the shipped sudo rules.
+        # Stock as root: its `sudo -E` is what those rules refuse (a site would grant SETENV).
+        # Both on the service host, sessions on the compute nodes.
+        ours = HubProcess(hub_settings(devstack, "ours"), state_dir, state_dir / "ours.log",
+                          run_as=devstack.record()["hub_account"], network=devstack.network())
         stock = HubProcess(
             hub_settings(devstack, "stock"), state_dir, state_dir / "stock.log",
-            config_file=STOCK_CONFIG,
+            config_file=STOCK_CONFIG, network=devstack.network(),
         )
         for hub in (ours, stock):
             hub.start()
