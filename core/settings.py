@@ -399,20 +399,21 @@ class GatewaySettings(_Model):
         for index, slug in enumerate(slugs):
             if slug in slugs[:index]:
                 raise ValueError(f"profiles[{index}].slug: {slug!r} is used twice")
+        # A profile's key and the list of `slurm:` it is checked against.
         allowed = {
-            "partition": self.slurm.partitions,
-            "account": self.slurm.accounts,
-            "qos": self.slurm.qos,
-            "reservation": self.slurm.reservations,
+            "partition": "partitions",
+            "account": "accounts",
+            "qos": "qos",
+            "reservation": "reservations",
         }
         for index, profile in enumerate(self.profiles):
-            for key, known in allowed.items():
-                value = getattr(profile, key)
+            for key, listed in allowed.items():
+                value, known = getattr(profile, key), getattr(self.slurm, listed)
                 # An empty list in `slurm:` means the site did not enumerate them.
                 if value is not None and known and value not in known:
                     raise ValueError(
                         f"profiles[{index}].{key}: {value!r} is not one of "
-                        f"slurm.{key if key != 'partition' else 'partitions'} {known}"
+                        f"slurm.{listed} {known}"
                     )
         return self
 
