@@ -111,7 +111,7 @@ def parse_reservations(text: str) -> list[ActiveReservation]:
     return out
 
 
-# Per user: the default account and the associations, in sacctmgr's order.
+# Per user: the default account and the associations (one per account).
 UserAssociations = tuple[str | None, tuple[Association, ...]]
 
 
@@ -246,8 +246,10 @@ class ClusterInfo:
         """What Slurm says ``username`` may charge a session to, for checking a submission:
         the cached answers, read again first if they are older than the TTL (a query takes
         at most ``timeout``; when it fails, the last answer counts)."""
-        associations = await self._current("associations", self._associations)
-        reservations = await self._current("reservations", self._reservations)
+        associations, reservations = await asyncio.gather(
+            self._current("associations", self._associations),
+            self._current("reservations", self._reservations),
+        )
         return self._access(username, associations, reservations)
 
     def snapshot(self, username: str) -> Snapshot:

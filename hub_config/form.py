@@ -37,20 +37,27 @@ def _charge(profile: Profile, access: SlurmAccess) -> dict:
     what is preselected; computed by the same rules that check a submission.  Where Slurm
     did not say, only the profile's own names (and Slurm's defaults) are offered."""
     choices = ChargeChoices(profile, access)
+    locked = {key: getattr(profile, key) or "" for key in profile.locked}
+
+    def offer(key: str, names: list[str], preselected: str | None) -> list[str]:
+        # "" is no option to sbatch: Slurm's default account or QoS, or no reservation.
+        if key in locked:
+            return [locked[key]]
+        return names if preselected in names else ["", *names]
+
     account = choices.default_account()
-    accounts = choices.accounts() if account else ["", *choices.accounts()]
     by_account = {}
-    for value in accounts:
+    for value in offer("account", choices.accounts(), account):
         name = value or None
-        qos, default_qos = choices.qos(name), choices.default_qos(name)
+        qos = choices.default_qos(name)
         by_account[value] = {
-            "qos": qos if default_qos else ["", *qos],
-            "qos_default": default_qos or "",
-            "reservation": ["", *choices.reservations(name)],
+            "qos": offer("qos", choices.qos(name), qos),
+            "qos_default": qos or "",
+            "reservation": offer("reservation", choices.reservations(name), None),
             "reservation_default": choices.default_reservation(name) or "",
         }
-    return {"accounts": accounts, "account_default": account or "", "by_account": by_account,
-            "locked": {key: getattr(profile, key) or "" for key in profile.locked}}
+    return {"accounts": list(by_account), "account_default": account or "",
+            "by_account": by_account, "locked": locked}
 
 
 @functools.cache

@@ -64,4 +64,13 @@ def test_without_slurm_the_form_offers_only_the_profiles_names_and_slurms_defaul
     selects = FormChoices(form(["trainers"], SlurmAccess("tom"))).options
     assert selects["account"] == [("training", True)]
     assert selects["qos"] == [("workshop", True)]
-    assert selects["reservation"] == [("", False), ("course-2026-12", True)]
+    assert selects["reservation"] == [("course-2026-12", True)]
+
+
+def test_a_locked_account_the_user_lacks_is_shown_as_the_profile_fixes_it():
+    participant = SlurmAccess("pat", (Association("lightsheet-lab", ("normal",)),),
+                              default_account="lightsheet-lab", reservations=())
+    selects = FormChoices(form(["workshop-participants"], participant)).options
+    # Locked: shown alone and fixed (Slurm is the judge of whether pat may use it).
+    assert selects["account"] == [("training", True)]
+    assert selects["qos"] == [("workshop", True)]
