@@ -85,6 +85,12 @@ def render_options_form(
                for name in per["reservation"]}
     open_reservations = [r for r in cluster.access.reservations or () if r.name in offered]
     labels = {r.name: f"{r.name} (until {r.end})" for r in open_reservations}
+    # What the fields show before the page's script runs: the first profile's choices.
+    first = charge[profiles[0].slug]
+    per = first["by_account"][first["account_default"]]
+    fields = [("account", "Slurm account", first["accounts"], first["account_default"]),
+              ("qos", "QoS", per["qos"], per["qos_default"]),
+              ("reservation", "Reservation", per["reservation"], per["reservation_default"])]
     return _template().render(
         cluster=cluster,
         profiles=profiles,
@@ -94,6 +100,7 @@ def render_options_form(
         no_choice=NO_CHOICE,
         reservation_labels=labels,
         open_reservations=open_reservations,
+        charge_fields=fields,
         fields=[(key, LABELS[key]) for key in ADJUSTABLE],
         first=profiles[0].slug,
     )

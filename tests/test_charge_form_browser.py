@@ -9,14 +9,9 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 from support import PASSWORDS, jobs_of, logged_in
+from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from bioimage_gateway.devstack.processes import run
-
-CHROMIUM = "/usr/bin/chromium"
-# No network but loopback here: keep chromium from reaching out at start.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from bioimage_gateway.session_request import (
     effective_limits,
     resolve_request,
 )
-from bioimage_gateway.settings import load_settings, parse_settings
+from bioimage_gateway.settings import SettingsError, load_settings, parse_settings
 
 EXAMPLE = resources.files("bioimage_gateway").joinpath("examples", "gateway.example.yaml")
 SITE = load_settings(str(EXAMPLE))
@@ -31,6 +31,12 @@ def load_settings_data(change):
     data = yaml.safe_load(EXAMPLE.read_text())
     change(data)
     return parse_settings(data)
+
+
+def refusal(change) -> str:
+    with pytest.raises(SettingsError) as info:
+        load_settings_data(change)
+    return str(info.value)
 
 
 def test_defaults_fill_what_the_user_left_out():
@@ -175,3 +181,24 @@ def test_when_slurm_never_answered_only_the_profiles_and_the_sites_names_pass():
     with pytest.raises(InvalidRequest, match="Slurm account 'lightsheet-lab' is not accepted "
                        "while Slurm does not say which are yours"):
         charge({"profile": "cpu", "account": "lightsheet-lab"}, access=unknown)
+
+
+# ---- what a profile says about the account, QoS and reservation of its sessions ------------
+
+def test_the_example_locks_the_workshops_names_and_leaves_the_others_to_users():
+    assert SITE.profile("workshop").locked == ["account", "qos", "reservation"]
+    assert SITE.profile("cpu").locked == []
+
+
+def test_only_account_qos_and_reservation_can_be_locked():
+    message = refusal(lambda data: data["profiles"][3].update(locked=["qos", "partition"]))
+    assert ("profiles[3].locked[1]: 'partition' Input should be 'account', 'qos' or "
+            "'reservation'") in message
+
+
+def test_a_profile_name_missing_from_the_sites_list_names_that_list():
+    message = refusal(lambda data: data["profiles"][0].update(account="elsewhere"))
+    assert ("profiles[0].account: 'elsewhere' is not one of slurm.accounts "
+            "['imaging-facility', 'training']") in message
+    message = refusal(lambda data: data["profiles"][3].update(reservation="course-2027-01"))
+    assert "profiles[3].reservation: 'course-2027-01' is not one of slurm.reservations" in message
