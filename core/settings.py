@@ -272,14 +272,36 @@ class SlurmSettings(_Model):
     )
 
 
+# What a user may choose on the form (among their own associations and reservations).
+ChargeField = Literal["account", "qos", "reservation"]
+
+
 class Profile(_Model):
     slug: Slug
     display_name: str = Field(min_length=1, max_length=80)
     description: str = ""
     partition: SlurmName
-    account: SlurmName | None = None
-    qos: SlurmName | None = None
-    reservation: SlurmName | None = None
+    account: SlurmName | None = Field(
+        default=None,
+        description="Account preselected on the form (if the user has it); none: the "
+        "user's default account.",
+    )
+    qos: SlurmName | None = Field(
+        default=None,
+        description="QoS preselected on the form (if the account allows it); none: the "
+        "association's default QoS.",
+    )
+    reservation: SlurmName | None = Field(
+        default=None,
+        description="Reservation preselected on the form while it is active and open "
+        "to the user.",
+    )
+    locked: list[ChargeField] = Field(
+        default_factory=list,
+        description="Of account, qos and reservation: those users may not choose on this "
+        "profile; its own value (or none) is always used, whatever their associations "
+        "(Slurm still enforces them).",
+    )
     cpus: PositiveRange
     memory_gb: PositiveRange
     gpus: Range = Range(default=0, max=0)
@@ -377,20 +399,21 @@ class GatewaySettings(_Model):
         for index, slug in enumerate(slugs):
             if slug in slugs[:index]:
                 raise ValueError(f"profiles[{index}].slug: {slug!r} is used twice")
+        # A profile's key and the list of `slurm:` it is checked against.
         allowed = {
-            "partition": self.slurm.partitions,
-            "account": self.slurm.accounts,
-            "qos": self.slurm.qos,
-            "reservation": self.slurm.reservations,
+            "partition": "partitions",
+            "account": "accounts",
+            "qos": "qos",
+            "reservation": "reservations",
         }
         for index, profile in enumerate(self.profiles):
-            for key, known in allowed.items():
-                value = getattr(profile, key)
+            for key, listed in allowed.items():
+                value, known = getattr(profile, key), getattr(self.slurm, listed)
                 # An empty list in `slurm:` means the site did not enumerate them.
                 if value is not None and known and value not in known:
                     raise ValueError(
                         f"profiles[{index}].{key}: {value!r} is not one of "
-                        f"slurm.{key if key != 'partition' else 'partitions'} {known}"
+                        f"slurm.{listed} {known}"
                     )
         return self
 

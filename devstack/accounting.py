@@ -54,44 +54,48 @@ class AccountingSeed:
     Built from the stack's own gateway settings and users, so that the spawn
     form's live values and the profiles agree: an account per group that may
     start sessions, the QoS the profiles name (MaxWall from the profile), and
-    each user associated with the accounts of their groups, with the QoS of
-    the profiles open to those groups.
+    each user associated with the accounts of their groups (the first is their
+    default) and with the project accounts they are in (``slurm_projects``),
+    with the QoS of the profiles open to their groups.
     """
 
-    accounts: tuple[str, ...]
+    accounts: Mapping[str, str]  # name -> description
     qos: Mapping[str, int]  # name -> MaxWall in hours
     users: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]  # user -> (accounts, qos)
 
     @classmethod
     def from_settings(cls, settings: Mapping, users: Iterable[Mapping]) -> "AccountingSeed":
         profiles = settings["profiles"]
-        accounts: list[str] = []
-        for group in [*settings.get("group_limits", {})] + [
-            g for p in profiles for g in p.get("groups", [])
-        ]:
-            if group not in accounts:
-                accounts.append(group)
+        groups = [*settings.get("group_limits", {})] + [
+            g for p in profiles for g in p.get("groups", [])]
+        accounts = dict.fromkeys(groups, "gateway group")
         qos = {p["qos"]: p["walltime_hours"]["max"] for p in profiles if p.get("qos")}
         by_user = {}
         for user in users:
             mine = [g for g in user.get("groups", []) if g in accounts]
             if not mine:
                 continue  # no group that runs sessions: no association, no jobs
+            projects = [p for p in user.get("slurm_projects", []) if p not in mine]
+            accounts.update(dict.fromkeys(projects, "project"))
             user_qos = ["normal"] + sorted({
                 p["qos"] for p in profiles
                 if p.get("qos") and (not p.get("groups") or set(mine) & set(p["groups"]))
             })
-            by_user[user["username"]] = (tuple(mine), tuple(user_qos))
-        return cls(tuple(accounts), qos, by_user)
+            by_user[user["username"]] = (tuple(mine + projects), tuple(user_qos))
+        return cls(accounts, qos, by_user)
 
     def commands(self, cluster: str) -> list[list[str]]:
-        """sacctmgr argument lists, users with the same associations in one command."""
+        """sacctmgr argument lists: accounts of one kind, and users with the same
+        associations, each in one command."""
         out = [["add", "cluster", cluster]]
         for name, hours in self.qos.items():
             out.append(["add", "qos", name, f"MaxWall={hours:d}:00:00"])
-        if self.accounts:
-            out.append(["add", "account", ",".join(self.accounts), f"cluster={cluster}",
-                        "description=gateway group", "organization=bioimage-gateway"])
+        kinds: dict[str, list[str]] = {}
+        for account, description in self.accounts.items():
+            kinds.setdefault(description, []).append(account)
+        for description, names in kinds.items():
+            out.append(["add", "account", ",".join(names), f"cluster={cluster}",
+                        f"description={description}", "organization=bioimage-gateway"])
         same: dict[tuple, list[str]] = {}
         for user, assoc in self.users.items():
             same.setdefault(assoc, []).append(user)

@@ -37,9 +37,12 @@ from .network import Node, NodeNetwork, remove_stale
 from .slurm import CLUSTER, LocalSlurm
 from .trust import prepare_state_dir, read_trusted_json
 
-# Passwords are for a stack on loopback only; they are listed in the README.
+# Passwords are for a stack on loopback only; they are listed in the README.  Besides
+# their groups' accounts, users may be in Slurm project accounts (``slurm_projects``), as
+# at a site where a lab's project pays for its members' sessions.
 DEMO_USERS = [
-    {"username": "alice", "password": "alice-demo", "groups": ["imaging"]},
+    {"username": "alice", "password": "alice-demo", "groups": ["imaging"],
+     "slurm_projects": ["lightsheet-lab"]},
     {"username": "bob", "password": "bob-demo", "groups": ["imaging"]},
     {"username": "tom", "password": "tom-demo", "groups": ["trainers"]},
     {"username": "ada", "password": "ada-demo", "groups": ["gateway-admins"]},
@@ -234,8 +237,9 @@ def site_resources(slurm: LocalSlurm) -> dict:
                 "memory_gb": {"default": 1, "max": 2},
                 "walltime_hours": {"default": 3, "max": 4},
                 "groups": ["trainers", "gateway-admins"],
-                # Course sessions run under the QoS trainers are given in accounting.
-                **({"qos": "workshop"} if slurm.accounting else {}),
+                # Course sessions run under the QoS trainers are given in accounting,
+                # whichever QoS their association would allow besides.
+                **({"qos": "workshop", "locked": ["qos"]} if slurm.accounting else {}),
             },
         ],
         "group_limits": {

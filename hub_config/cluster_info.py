@@ -1,12 +1,13 @@
 """What the cluster has free right now, for the spawn form, without ever making it wait.
 
 Partitions (free/total CPUs, memory, GPUs) from ``sinfo``, the user's
-accounts and QoS from ``sacctmgr``, and the reservations they may use from
-``scontrol show reservation``; each answer is cached for ``ttl`` seconds.  A
-page load reads the cache and, if it is stale, starts a refresh in the
-background; it never waits on the scheduler.  When the scheduler does not
-answer, the form shows the last answer (or the site's configured values) with
-a notice that says so.
+associations (accounts, their QoS, the default account) from ``sacctmgr``, and
+the active reservations from ``scontrol show reservation``; each answer is
+cached for ``ttl`` seconds.  A page load reads the cache and, if it is stale,
+starts a refresh in the background; it never waits on the scheduler.  When the
+scheduler does not answer, the form shows the last answer (or the site's
+configured values) with a notice that says so.  A submission is checked
+against the same data, read again first if it is stale (:meth:`ClusterInfo.access`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bioimage_gateway.session_request import (
+    SLURM_NAME,
+    ActiveReservation,
+    Association,
+    SlurmAccess,
+)
 from bioimage_gateway.slurm import SlurmClient, run_argv
 
 
@@ -31,20 +38,13 @@ class PartitionInfo:
     gpus_total: int
 
 
-@dataclass(frozen=True)
-class Reservation:
-    name: str
-    start: str
-    end: str
-    partition: str
-
-
 @dataclass
 class Cached:
     value: object = None
     fetched_at: float = 0.0
+    tried_at: float = float("-inf")
     error: str | None = None
-    refreshing: bool = False
+    refresh: asyncio.Future | None = None  # the query in flight, if any
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,7 @@ class Snapshot:
     """What the form shows: values, their age, and what could not be had."""
 
     partitions: dict[str, PartitionInfo] = field(default_factory=dict)
-    accounts: list[str] = field(default_factory=list)
-    qos: list[str] = field(default_factory=list)
-    reservations: list[Reservation] = field(default_factory=list)
+    access: SlurmAccess = SlurmAccess(user="")
     notices: list[str] = field(default_factory=list)
 
 
@@ -94,16 +92,9 @@ def parse_sinfo(text: str) -> dict[str, PartitionInfo]:
     }
 
 
-@dataclass(frozen=True)
-class ActiveReservation:
-    """An active reservation and who may use it (its users, or members of its accounts)."""
-
-    reservation: Reservation
-    users: frozenset[str]
-    accounts: frozenset[str]
-
-    def open_to(self, username: str, accounts) -> bool:
-        return username in self.users or bool(self.accounts & set(accounts))
+def _names(text: str) -> frozenset[str]:
+    """A Slurm list field ('a,b', '(null)'), keeping only names that could be options."""
+    return frozenset(n for n in text.split(",") if SLURM_NAME.match(n))
 
 
 def parse_reservations(text: str) -> list[ActiveReservation]:
@@ -111,30 +102,37 @@ def parse_reservations(text: str) -> list[ActiveReservation]:
     out = []
     for line in text.splitlines():
         fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if "ReservationName" not in fields or fields.get("State") != "ACTIVE":
+        name = fields.get("ReservationName", "")
+        if not SLURM_NAME.match(name) or fields.get("State") != "ACTIVE":
             continue
-        out.append(ActiveReservation(
-            Reservation(fields["ReservationName"], fields.get("StartTime", ""),
-                        fields.get("EndTime", ""), fields.get("PartitionName", "(null)")),
-            frozenset(filter(None, fields.get("Users", "").split(","))),
-            frozenset(filter(None, fields.get("Accounts", "").split(",")))))
+        out.append(ActiveReservation(name, _names(fields.get("Users", "")),
+                                     _names(fields.get("Accounts", "")),
+                                     fields.get("EndTime", "")))
     return out
 
 
-def parse_associations(text: str) -> dict[str, tuple[list[str], list[str]]]:
-    """``sacctmgr -n -P show assoc format=User,Account,QOS`` -> user: (accounts, QoS), in order."""
-    out: dict[str, tuple[list[str], list[str]]] = {}
+# Per user: the default account and the associations (one per account).
+UserAssociations = tuple[str | None, tuple[Association, ...]]
+
+
+def parse_associations(text: str) -> dict[str, UserAssociations]:
+    """``sacctmgr -n -P show user withassoc format=User,DefaultAccount,Account,QOS,DefaultQOS``
+    -> user: (default account, associations: the default account's first, then by name).
+    Names that could not be sbatch options are left out."""
+    out: dict[str, tuple[str | None, list[Association]]] = {}
     for line in text.splitlines():
-        user, account, qos = (line.split("|") + ["", ""])[:3]
-        if not user:  # an account's own association, not a user's
+        user, default, account, qos, default_qos = (line.split("|") + [""] * 5)[:5]
+        if not user or not SLURM_NAME.match(account):  # a user without an association here
             continue
-        accounts, names = out.setdefault(user, ([], []))
-        if account and account not in accounts:
-            accounts.append(account)
-        for name in filter(None, qos.split(",")):
-            if name not in names:
-                names.append(name)
-    return out
+        entry = out.setdefault(user, (default if SLURM_NAME.match(default) else None, []))
+        if all(a.account != account for a in entry[1]):
+            names = tuple(dict.fromkeys(n for n in qos.split(",") if SLURM_NAME.match(n)))
+            entry[1].append(Association(account, names, default_qos if default_qos in names
+                                        else None))
+    return {
+        user: (default, tuple(sorted(assocs, key=lambda a: (a.account != default, a.account))))
+        for user, (default, assocs) in out.items()
+    }
 
 
 _CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*(\S+)", re.IGNORECASE | re.MULTILINE)
@@ -154,13 +152,10 @@ class ClusterInfo:
 
     _shared: dict[tuple, "ClusterInfo"] = {}
 
-    def __init__(self, client: SlurmClient, ttl: float = 30, timeout: float = 5,
-                 configured_accounts=(), configured_qos=()):
+    def __init__(self, client: SlurmClient, ttl: float = 30, timeout: float = 5):
         self.client = client
         self.ttl = ttl
         self.timeout = timeout
-        self.configured_accounts = list(configured_accounts)
-        self.configured_qos = list(configured_qos)
         self._cache: dict[str, Cached] = {}
         # One slurmdbd often serves several clusters: only this one's associations count.
         self.cluster = cluster_name(client.conf)
@@ -189,10 +184,12 @@ class ClusterInfo:
     # Associations and reservations are read for every user at once: a class opening the
     # form together costs the scheduler one sacctmgr and one scontrol per interval, not one
     # each per student.
-    async def _associations(self) -> dict[str, tuple[list[str], list[str]]]:
-        where = [f"cluster={self.cluster}"] if self.cluster else []
+    async def _associations(self) -> dict[str, UserAssociations]:
+        # `show user withassoc` gives each user's default account on this cluster as well.
+        where = ["where", f"cluster={self.cluster}"] if self.cluster else []
         text = await self._run([str(self.client.bin_dir / "sacctmgr"), "-n", "-P", "show",
-                                "assoc", *where, "format=User,Account,QOS"])
+                                "user", "withassoc", *where,
+                                "format=User,DefaultAccount,Account,QOS,DefaultQOS"])
         return parse_associations(text)
 
     async def _reservations(self) -> list[ActiveReservation]:
@@ -204,21 +201,29 @@ class ClusterInfo:
 
     async def _refresh(self, key: str, fetch) -> None:
         cached = self._cache.setdefault(key, Cached())
+        cached.tried_at = time.monotonic()
         try:
             cached.value = await fetch()
             cached.fetched_at = time.monotonic()
             cached.error = None
         except Exception as exc:  # noqa: BLE001 - any failure degrades to cached values
             cached.error = str(exc) or type(exc).__name__
-        finally:
-            cached.refreshing = False
 
     def _schedule(self, key: str, fetch) -> Cached:
+        """The cached entry; a refresh is started if it is stale and none is in flight.
+        A failed query is tried again a TTL later, not at every page load."""
         cached = self._cache.setdefault(key, Cached())
-        stale = time.monotonic() - cached.fetched_at > self.ttl
-        if stale and not cached.refreshing:
-            cached.refreshing = True
-            asyncio.ensure_future(self._refresh(key, fetch))
+        if time.monotonic() - cached.tried_at > self.ttl and cached.refresh is None:
+            cached.refresh = asyncio.ensure_future(self._refresh(key, fetch))
+            cached.refresh.add_done_callback(lambda _: setattr(cached, "refresh", None))
+        return cached
+
+    async def _current(self, key: str, fetch) -> Cached:
+        """The entry, once a refresh of a stale one (or the one in flight) has ended."""
+        cached = self._schedule(key, fetch)
+        if cached.refresh is not None:
+            # Shielded: a submission given up on does not cancel the query others wait for.
+            await asyncio.shield(cached.refresh)
         return cached
 
     async def warm(self, username: str | None = None) -> None:
@@ -227,15 +232,32 @@ class ClusterInfo:
         await self._refresh("associations", self._associations)
         await self._refresh("reservations", self._reservations)
 
+    @staticmethod
+    def _access(username: str, associations: Cached, reservations: Cached) -> SlurmAccess:
+        """One user's part of the cached answers (None for what was never read)."""
+        default, mine = None, None
+        if associations.value is not None:
+            # Once read, a user with no association has none (Slurm would refuse their jobs).
+            default, mine = associations.value.get(username, (None, ()))
+        active = tuple(reservations.value) if reservations.value is not None else None
+        return SlurmAccess(username, mine, default, active)
+
+    async def access(self, username: str) -> SlurmAccess:
+        """What Slurm says ``username`` may charge a session to, for checking a submission:
+        the cached answers, read again first if they are older than the TTL (a query takes
+        at most ``timeout``; when it fails, the last answer counts)."""
+        associations, reservations = await asyncio.gather(
+            self._current("associations", self._associations),
+            self._current("reservations", self._reservations),
+        )
+        return self._access(username, associations, reservations)
+
     def snapshot(self, username: str) -> Snapshot:
         """The cached view, scheduling refreshes of whatever is stale; never waits."""
         notices = []
         parts = self._schedule("partitions", self._partitions)
-        every = self._schedule("associations", self._associations)
+        assoc = self._schedule("associations", self._associations)
         res = self._schedule("reservations", self._reservations)
-        # Once read, a user with no association has none (Slurm would refuse their jobs).
-        assoc = Cached(every.value.get(username, ([], [])) if every.value is not None else None,
-                       every.fetched_at, every.error)
         if parts.error:
             notices.append(
                 "Live cluster data is unavailable (Slurm did not answer: "
@@ -245,16 +267,14 @@ class ClusterInfo:
             )
         elif parts.value is None:
             notices.append("Live cluster data is being fetched; reload in a moment.")
-        accounts, qos = assoc.value if assoc.value else (self.configured_accounts,
-                                                         self.configured_qos)
         # Sites without slurmdbd have no associations to read: that is not news.
         no_accounting = assoc.error and "accounting_storage" in assoc.error
         if assoc.error and not no_accounting:
             notices.append(
                 f"Your Slurm accounts could not be read from accounting ({assoc.error}); "
                 + (f"showing those read {time.monotonic() - assoc.fetched_at:.0f} s ago."
-                   if assoc.value else "showing the site's configured accounts.")
+                   if assoc.value is not None
+                   else "offering the profiles' own and your default account.")
             )
-        reservations = [r.reservation for r in res.value or [] if r.open_to(username, accounts)]
-        return Snapshot(partitions=parts.value or {}, accounts=list(accounts), qos=list(qos),
-                        reservations=reservations, notices=notices)
+        return Snapshot(partitions=parts.value or {},
+                        access=self._access(username, assoc, res), notices=notices)

@@ -3,9 +3,11 @@
 Built on batchspawner's SlurmSpawner, which keeps the job id in the hub's
 database and gives poll/stop.  What changes, and why:
 
-* options are checked against the site's profiles on the server
+* options are checked against the site's profiles and the user's own Slurm
+  associations and reservations on the server
   (:func:`bioimage_gateway.session_request.resolve_request`) and only the
-  checked integers and the site's own names reach the batch script;
+  checked integers, the site's own names and names Slurm gave for the user
+  reach the batch script;
 * commands run from argv lists through ``sudo -u USER`` with an explicit list
   of variables, never a shell and never ``sudo -E``;
 * starting watches the job every poll interval until the session reports its
@@ -93,6 +95,7 @@ class GatewaySpawner(SlurmSpawner):
 
     log_tail_lines = 30
     _access_token: str | None = None
+    _request: SessionRequest | None = None
 
     @default("launcher")
     def _default_launcher(self):
@@ -123,10 +126,7 @@ class GatewaySpawner(SlurmSpawner):
     @property
     def cluster_info(self) -> ClusterInfo:
         slurm = self.site.slurm
-        return ClusterInfo.shared(
-            self.slurm, ttl=slurm.live_data_ttl, timeout=slurm.query_timeout,
-            configured_accounts=slurm.accounts, configured_qos=slurm.qos,
-        )
+        return ClusterInfo.shared(self.slurm, ttl=slurm.live_data_ttl, timeout=slurm.query_timeout)
 
     def _render_form(self, spawner: "GatewaySpawner") -> str:
         groups = self._groups()
@@ -137,21 +137,25 @@ class GatewaySpawner(SlurmSpawner):
             self.cluster_info.snapshot(self.user.name),
         )
 
-    def options_from_form(self, formdata):
+    async def _resolve(self, options) -> SessionRequest:
+        # The user's associations and reservations as Slurm has them now (cached for the TTL).
+        access = await self.cluster_info.access(self.user.name)
+        try:
+            return resolve_request(self.site, self._groups(), options, access)
+        except InvalidRequest as exc:
+            raise refuse(exc) from None
+
+    async def options_from_form(self, formdata):
         # Reject here so the form comes back with the message and nothing is queued;
         # start() checks again for options that arrive through the REST API.
         # The hub's own XSRF field travels with the form; it is not an option.
         options = {k: v for k, v in formdata.items() if k != "_xsrf"}
-        try:
-            return resolve_request(self.site, self._groups(), options).as_options()
-        except InvalidRequest as exc:
-            raise refuse(exc) from None
+        return (await self._resolve(options)).as_options()
 
-    def session_request(self) -> SessionRequest:
-        try:
-            return resolve_request(self.site, self._groups(), self.user_options or {})
-        except InvalidRequest as exc:
-            raise refuse(exc) from None
+    async def session_request(self) -> SessionRequest:
+        """The checked request this spawn submits; the session's environment describes it."""
+        self._request = await self._resolve(self.user_options or {})
+        return self._request
 
     # ---- the job --------------------------------------------------------
 
@@ -173,20 +177,17 @@ class GatewaySpawner(SlurmSpawner):
         return env
 
     def _session_context_env(self) -> dict[str, str]:
-        """What code in the session needs to know of it: the profile's Slurm names
-        and the user's groups (defaults and limits of Dask clusters, see
-        bioimage_gateway.dask_clusters), and the dashboard link through the proxy."""
+        """What code in the session needs to know of it: the profile, the checked Slurm
+        names it is charged to and the user's groups (defaults and limits of Dask clusters,
+        see bioimage_gateway.dask_clusters), and the dashboard link through the proxy."""
         env = {}
-        try:
-            profile = resolve_request(self.site, self._groups(), self.user_options or {}).profile
-        except InvalidRequest:
-            profile = None
-        if profile is not None:
-            env["BIOIMAGE_GATEWAY_PROFILE"] = profile.slug
-            env["BIOIMAGE_GATEWAY_PARTITION"] = profile.partition
-            for key in ("account", "qos", "reservation"):
-                if getattr(profile, key):
-                    env[f"BIOIMAGE_GATEWAY_{key.upper()}"] = getattr(profile, key)
+        request = self._request
+        if request is not None:
+            env["BIOIMAGE_GATEWAY_PROFILE"] = request.profile.slug
+            env["BIOIMAGE_GATEWAY_PARTITION"] = request.profile.partition
+            for key, name in vars(request.charge).items():
+                if name:
+                    env[f"BIOIMAGE_GATEWAY_{key.upper()}"] = name
         # Group names are validated by the settings model and the IdP claim filter.
         groups = sorted(g for g in self._groups() if _SAFE_NAME.fullmatch(g))
         env["BIOIMAGE_GATEWAY_GROUPS"] = ",".join(groups)
@@ -207,19 +208,19 @@ class GatewaySpawner(SlurmSpawner):
         return f"{home}/{self.site.session.log_dir}/jupyter-session-%j.log"
 
     def batch_script(self, request: SessionRequest, env_names: list[str]) -> str:
-        account = pwd.getpwnam(check_username(self.user.name))
-        profile = request.profile
+        unix_user = pwd.getpwnam(check_username(self.user.name))
+        profile, charge = request.profile, request.charge
         session_env = self.site.session.environment
         command = [self.launcher, *self.cmd, *self.get_args()]
         return _template("session.sh.j2").render(
-            username=account.pw_name,
-            home=account.pw_dir,
-            log_path=self._log_path(account.pw_dir),
+            username=unix_user.pw_name,
+            home=unix_user.pw_dir,
+            log_path=self._log_path(unix_user.pw_dir),
             export=",".join(sorted(env_names)),
             partition=profile.partition,
-            account=profile.account,
-            qos=profile.qos,
-            reservation=profile.reservation,
+            account=charge.account,
+            qos=charge.qos,
+            reservation=charge.reservation,
             cpus=request.cpus,
             memory_gb=request.memory_gb,
             gpus=request.gpus,
@@ -242,7 +243,7 @@ class GatewaySpawner(SlurmSpawner):
         return passed
 
     async def submit_batch_script(self):
-        request = self.session_request()
+        request = await self.session_request()
         self._check_session_count()
         env = self.sudo_environment()
         home = pwd.getpwnam(self.user.name).pw_dir

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
+from charging import SlurmSubmissions
 from support import job_records_of, logged_in
 
 HOSTILE_FORM_VALUES = [
@@ -17,6 +20,13 @@ HOSTILE_FORM_VALUES = [
     ("cpus", "0", "is less than 1"),
     ("profile", "no-such-profile", "is not a profile of this site"),
     ("profile", "workshop", "only for members of trainers"),
+    # What a session is charged to: only alice's own names (imaging, lightsheet-lab; QoS normal).
+    ("account", "imaging\n#SBATCH --uid=0",
+     "Slurm account 'imaging\\n#SBATCH --uid=0' is not one of yours"),
+    ("account", "trainers", "Slurm account 'trainers' is not one of yours"),
+    ("qos", "normal --reservation=maint", "is not allowed for your account 'imaging'"),
+    ("reservation", "$(id>/tmp/pwned)",
+     "reservation '$(id>/tmp/pwned)' is not an active reservation"),
 ]
 
 
@@ -24,15 +34,17 @@ HOSTILE_FORM_VALUES = [
 def test_hostile_form_value_is_refused_without_a_job(hub, slurm, field, value, message):
     alice = logged_in(hub.url, "alice")
     before = job_records_of(slurm, "alice")
+    submissions = SlurmSubmissions(slurm)
     fields = {"profile": "cpu", "cpus": "1", "memory_gb": "1", "gpus": "0", "walltime_hours": "1"}
     fields[field] = value
     response = alice.submit_form(fields)
     assert response.status_code == 400
-    assert message in response.text
+    assert message in html.unescape(response.text)
     # The form comes back so the user can correct it.
     assert 'name="profile"' in response.text
     assert alice.server() is None
     assert job_records_of(slurm, "alice") == before
+    assert submissions.count() == 0  # not even one Slurm refused
 
 
 HOSTILE_API_OPTIONS = [
@@ -46,6 +58,11 @@ HOSTILE_API_OPTIONS = [
     ({"profile": "cpu", "memory_gb": -4}, "is less than 1"),
     ({"profile": "cpu", "walltime_hours": 10**9}, "is more than"),
     ({"cpus": 1}, "no profile chosen"),
+    ({"profile": "cpu", "account": "no-such-lab"},
+     "Slurm account 'no-such-lab' is not one of yours"),
+    ({"profile": "cpu", "account": {"name": "imaging"}}, "is not a name"),
+    ({"profile": "cpu", "qos": ["normal", "normal"]}, "expected one value"),
+    ({"profile": "cpu", "reservation": "../../etc"}, "reservation '../../etc' is not an active"),
 ]
 
 
@@ -53,6 +70,7 @@ HOSTILE_API_OPTIONS = [
 def test_hostile_api_options_are_refused_without_a_job(hub, slurm, options, message):
     alice = logged_in(hub.url, "alice")
     before = job_records_of(slurm, "alice")
+    submissions = SlurmSubmissions(slurm)
     response = alice.api("POST", "/users/alice/server", json=options)
     if response.status_code in (201, 202):
         # The hub started the spawn; it must fail before anything is queued.
@@ -64,6 +82,7 @@ def test_hostile_api_options_are_refused_without_a_job(hub, slurm, options, mess
         assert message in response.json()["message"]
     assert alice.server() is None
     assert job_records_of(slurm, "alice") == before
+    assert submissions.count() == 0
 
 
 def test_profile_of_another_group_submitted_by_hand_is_refused(hub, slurm):
