@@ -174,6 +174,7 @@ def test_a_port_another_user_listens_on_is_refused_and_her_session_still_starts(
         page = alice.http.get(alice.url("/user/alice/api/status"), timeout=30)
         assert "bob's" not in page.text
         # bob's server was asked for a proof, and got no credential of alice's with it
+        wait_until(lambda: fake.requests, 10, "what bob's server was asked")
         assert [r["path"].split("?")[0] for r in fake.requests] == ["/user/alice/bioimage-gateway/identity"]
         assert fake.requests[0]["authorization"] is None and fake.requests[0]["cookie"] is None
 
