@@ -18,7 +18,9 @@ viewer.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -64,9 +66,20 @@ class Desktop:
             env["XAUTHORITY"] = self.xauthority
         return env
 
-    def answers(self) -> bool:
-        """True once the X server accepts connections on its UNIX socket."""
-        path = f"{X11_SOCKET_DIR}/X{self.number}"
+    def answers(self, socket_dir: str = X11_SOCKET_DIR) -> bool:
+        """True once the X server accepts connections on its UNIX socket; a DesktopError
+        when the socket there is not this user's (another user on the node made it)."""
+        path = f"{socket_dir}/X{self.number}"
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else (
+                "not a socket" if not stat.S_ISSOCK(info.st_mode) else f"{_user(info.st_uid)}'s")
+            raise DesktopError(f"{path}, the socket of display {self.display}, is {what}, not "
+                               f"{_user(os.geteuid())}'s desktop: nothing is drawn there; "
+                               f"{HOW_TO_START}")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(2)
             try:
@@ -74,6 +87,13 @@ class Desktop:
             except OSError:
                 return False
         return True
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 # --- finding it ---------------------------------------------------------------------------
@@ -165,10 +185,14 @@ def server_url() -> tuple[str, str]:
                            "session's desktop; run it in a BioImage Gateway session, or set DISPLAY "
                            "to a desktop of your own")
     parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):  # the server binds everywhere: reach it on loopback
-        host = "127.0.0.1"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    if not parts.hostname or not parts.port:
+        # The server listens on the node's address, on a port it bound itself, and says
+        # which here (bioimage_gateway.extensions.session_identity).
+        raise DesktopError(f"this kernel's server did not say where it listens ({url}): is "
+                           "bioimage-gateway's session_identity extension enabled in the session "
+                           "environment?")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}"
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     return urlunsplit((parts.scheme or "http", netloc, path, "", "")), token
 

@@ -8,6 +8,7 @@ than 1``), never half-applied.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -329,7 +330,11 @@ class SessionSettings(_Model):
     start_timeout: int = Field(default=300, ge=10, le=86_400)
     http_timeout: int = Field(default=60, ge=5, le=3600)
     listen_ip: str = Field(
-        default="0.0.0.0", description="Address the session listens on, on its node."
+        default="",
+        description="Where a session's server listens on its compute node, which other users "
+        "share: never on loopback or on every address (0.0.0.0). Empty: the node's own address "
+        "on its route to the hub, where the hub reaches it. A network in CIDR form "
+        "(10.1.0.0/16): the node's address in that network, for nodes on several networks.",
     )
     log_dir: str = Field(
         default=".bioimage-gateway/logs",
@@ -351,6 +356,25 @@ class SessionSettings(_Model):
     def _relative(cls, value: str) -> str:
         if value.startswith("/") or ".." in value.split("/"):
             raise ValueError("must be a relative path inside the home directory")
+        return value
+
+    @field_validator("listen_ip")
+    @classmethod
+    def _a_network(cls, value: str) -> str:
+        if not value:
+            return value
+        hint = ("leave it empty (the node's address towards the hub) or give the nodes' "
+                "network in CIDR form, such as 10.1.0.0/16")
+        try:
+            network = ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network; {hint}") from None
+        if network.network_address.is_unspecified:
+            raise ValueError(f"{value} is every address of a node that other users share; {hint}")
+        if network.network_address.is_loopback:
+            raise ValueError(f"{value} is loopback, where the hub cannot reach a node; {hint}")
+        if "/" not in value:
+            raise ValueError(f"{value} is one address, and every node has its own; {hint}")
         return value
 
 

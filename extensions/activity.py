@@ -9,7 +9,9 @@ whose name ends in ``_last_activity`` counts.
 
 Transfers announce themselves by touching a file in :data:`ACTIVE_DIR`
 (one per transfer) at least every ``BIOIMAGE_GATEWAY_ACTIVITY_INTERVAL``
-seconds while they run.
+seconds while they run.  The server makes that folder the user's alone
+(mode 0700) when it starts; one that another user made or can change, or a
+link, is refused (:mod:`.private_folder`) and its files do not count.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
+
+from .private_folder import UnsafeFolder, private_folder
 
 SETTING = "bioimage_gateway_last_activity"
 ACTIVE_DIR = Path(os.environ.get(
@@ -47,21 +51,26 @@ def running_transfers(directory: Path = ACTIVE_DIR, max_age: float | None = None
         return 0
 
 
-def _mark_if_active(serverapp) -> None:
+def _jupyter_server_extension_points():
+    return [{"module": "bioimage_gateway.extensions.activity"}]
+
+
+def _mark_if_active(serverapp, transfers_dir: Path | None) -> None:
     busy = busy_kernels(serverapp.kernel_manager)
-    transfers = running_transfers()
+    transfers = running_transfers(transfers_dir) if transfers_dir else 0
     if busy or transfers:
         serverapp.web_app.settings[SETTING] = datetime.now(timezone.utc)
         serverapp.log.debug("activity: %d busy kernel(s), %d transfer(s)", busy, transfers)
 
 
-def _jupyter_server_extension_points():
-    return [{"module": "bioimage_gateway.extensions.activity"}]
-
-
 def _load_jupyter_server_extension(serverapp) -> None:
-    callback = PeriodicCallback(lambda: _mark_if_active(serverapp), check_interval() * 1000)
+    try:
+        transfers_dir = private_folder(ACTIVE_DIR, "activity folder")
+    except (UnsafeFolder, OSError) as exc:
+        serverapp.log.error("bioimage-gateway: transfers do not count as activity: %s", exc)
+        transfers_dir = None
+    callback = PeriodicCallback(lambda: _mark_if_active(serverapp, transfers_dir),
+                                check_interval() * 1000)
     callback.start()
-    serverapp.log.info(
-        "bioimage-gateway: busy kernels and transfers in %s count as activity", ACTIVE_DIR
-    )
+    serverapp.log.info("bioimage-gateway: busy kernels%s count as activity",
+                       f" and transfers in {transfers_dir}" if transfers_dir else "")

@@ -6,6 +6,10 @@ as the user, a user could change the commands the hub runs (``cmd``,
 ``batch_submit_cmd``, ``exec_prefix``...).  This module takes that handler
 out of the hub and puts one in its place that accepts a port and nothing else,
 only from the session's own token, and only while that session is starting.
+
+A reported port is not yet trusted: nodes are shared, and another user's server may
+listen there.  The spawner routes to it only once the server there proves it holds the
+session's token (``GatewaySpawner._check_identity``, ``extensions/session_proof.py``).
 """
 
 from __future__ import annotations

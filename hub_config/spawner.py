@@ -13,6 +13,9 @@ database and gives poll/stop.  What changes, and why:
 * starting watches the job every poll interval until the session reports its
   port, so a job that dies at start fails the spawn at once with Slurm's
   state/reason and the tail of the job log;
+* nodes are shared, so a reported port is routed to only once the server there
+  proves it holds the session's own token (a challenge, ``session_proof``);
+  a server that cannot fails the spawn and the job is cancelled;
 * a scheduler that does not answer is "unknown", never "job gone", so a
   restarting slurmctld does not stop running sessions.
 """
@@ -21,16 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import pwd
 import re
+import secrets
 import shlex
 from importlib import resources
 
 from batchspawner import JobStatus, SlurmSpawner
 from jinja2 import Environment, StrictUndefined
+from jupyterhub.utils import fmt_ip_url
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httputil import url_concat
 from traitlets import Any, Bool, Unicode, default
 
+from bioimage_gateway.extensions import session_proof
 from bioimage_gateway.session_request import (
     InvalidRequest,
     SessionRequest,
@@ -171,6 +180,8 @@ class GatewaySpawner(SlurmSpawner):
             env["BIOIMAGE_GATEWAY_ACCESS_TOKEN"] = self._access_token
         env["SLURM_CONF"] = str(self.site.slurm.conf)
         env.update(self._session_context_env())
+        if self.site.session.listen_ip:  # a network: the job listens on its address there
+            env["BIOIMAGE_GATEWAY_LISTEN_NETWORK"] = self.site.session.listen_ip
         # The hub's own PATH and virtualenv stay in the hub: the job starts with sudo's
         # secure_path, and the batch script puts the session environment first.
         env.pop("PATH", None)
@@ -346,7 +357,9 @@ class GatewaySpawner(SlurmSpawner):
         return SessionStartError(message, f"The job wrote no log at {log_path}.")
 
     async def start(self):
-        self.ip = self.site.session.listen_ip
+        # The job finds where it listens (session_launcher: the node's own address) and
+        # reports the port; the hub reaches it at the node's address from Slurm.
+        self.ip = ""
         self.port = 0
         self.job_info = None
         if self.server:
@@ -390,11 +403,40 @@ class GatewaySpawner(SlurmSpawner):
             await self.poller.next_answer()
         # The node's address on the cluster network (NodeAddr), where the proxy reaches it.
         self.ip = await self._node_address(self.state_gethost())
+        await self._check_identity()
         self.db.commit()
         self.log.info(
             "Session of %s (job %s) is up at %s:%s", self.user.name, self.job_id, self.ip, self.port
         )
         return self.ip, self.port
+
+    async def _check_identity(self):
+        """The server at the reported port must prove it is this session before anything is
+        routed to it: another user on the node may listen there (session_proof)."""
+        where = f"{self.ip}:{self.port}"
+        challenge = secrets.token_urlsafe(32)
+        url = url_concat(f"http://{fmt_ip_url(self.ip)}:{self.port}"
+                         f"{self.server.base_url}{session_proof.PATH}", {"challenge": challenge})
+        # No credential goes with it: what answers may not be the session.
+        request = HTTPRequest(url, request_timeout=min(30, self.http_timeout),
+                              follow_redirects=False)
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except Exception as exc:  # noqa: BLE001 - unreachable in any way: not proven
+            answer, answered = None, f"no answer ({exc})"
+        else:
+            answer = _proof_in(response)
+            answered = f"HTTP {response.code}, " + ("a wrong proof" if answer else "no proof")
+        expected = session_proof.proof(self.api_token, user=self.user.name,
+                                       server_name=self.name, port=self.port, challenge=challenge)
+        if session_proof.matches(expected, answer):
+            return
+        self.log.warning("Session of %s (job %s): the server at %s is not the session's (%s)",
+                         self.user.name, self.job_id, where, answered)
+        raise SessionStartError(
+            f"The session did not start: the server on port {self.port} of its node "
+            f"({self.state_gethost()}) could not prove it is this session ({answered}); "
+            f"nothing was routed to it, and Slurm job {self.job_id} is cancelled.")
 
     async def progress(self):
         last = None
@@ -423,6 +465,16 @@ class GatewaySpawner(SlurmSpawner):
         if info.running:
             return f"Slurm job {self.job_id} is running on {info.node}; starting JupyterLab..."
         return f"Slurm job {self.job_id} is {info.state.lower()}"
+
+
+def _proof_in(response) -> str | None:
+    if response.code != 200:
+        return None
+    try:
+        answer = json.loads(response.body)
+    except ValueError:
+        return None
+    return answer.get("proof") if isinstance(answer, dict) else None
 
 
 def session_port_is_settable(spawner) -> bool:

@@ -1,7 +1,8 @@
 """napari on the desktop of a real session (hub -> Slurm job as alice): the desktop page is
 alice's alone, her kernel opens images in napari there (a local OME-Zarr, the DataBrowser's
 button, a staged iRODS image) and ``nbscreenshot`` gives the picture; the VNC server is hers
-and unreachable by bob; stopping the session leaves no desktop process behind."""
+and unreachable by bob on her node, directly or through her Jupyter server; stopping the
+session leaves no desktop process behind."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 PROBE = (Path(__file__).parent / "x11_probe.py").read_text()
+SERVER_PROBE = (Path(__file__).parent / "server_probe.py").read_text()
 IRODS_IMAGE = "irods://gwZone/home/alice/lightsheet/mouse-embryo-lightsheet.ome.zarr"
 
 
@@ -259,6 +261,20 @@ print(json.dumps({"pid": d.pid, "display": d.display, "socket": d.vnc_socket,
     assert info["socket"] in unix.stdout
     folder = Path(info["socket"]).parent
     assert folder.stat().st_uid == alice.pw_uid and folder.stat().st_mode & 0o777 == 0o700
+
+    # nor does bob reach the desktop through alice's Jupyter server, which listens on the
+    # node's address alone (nothing on loopback) and lets no one in without her credentials
+    server_tcp = subprocess.run(node.argv(["ss", "-H", "-ltnp"]), capture_output=True, text=True, check=True)
+    listening = [line.split()[3] for line in server_tcp.stdout.splitlines() if f"pid={info['server']}," in line]
+    assert len(listening) == 1 and listening[0].startswith(f"{node.address}:"), listening
+    port = listening[0].rsplit(":", 1)[1]
+    direct = subprocess.run(node.argv(["sudo", "-n", "-u", "bob", "/usr/bin/python3", "-c", SERVER_PROBE,
+                                       node.address, port, "/user/alice/desktop-websockify/"]),
+                            capture_output=True, text=True, timeout=60, cwd="/tmp")
+    assert direct.returncode == 0, direct.stderr
+    direct = json.loads(direct.stdout)
+    assert direct["loopback"] == "ConnectionRefusedError", direct
+    assert direct["desktop"].split()[1] in ("302", "403") and not direct["greeting"], direct
 
     display = info["display"].lstrip(":")
     x11 = f"/tmp/.X11-unix/X{display}"

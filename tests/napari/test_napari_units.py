@@ -5,6 +5,7 @@ widgets' "Open in napari" buttons show when there is no desktop to open on."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,11 +16,13 @@ from bioimage_gateway.catalogs.posix import PosixCatalog
 from bioimage_gateway.devstack.samples import write_sample_image
 from bioimage_gateway.extensions.desktop import XSTARTUP_VARIABLE, choose_xstartup
 from bioimage_gateway.napari_desktop import (
+    Desktop,
     DesktopError,
     NotStaged,
     find_desktop,
     napari_snippet,
     napari_source,
+    server_url,
     session_desktop,
 )
 
@@ -176,6 +179,46 @@ def test_the_desktop_ends_when_its_jupyter_server_is_gone(tmp_path):
 def test_outside_a_session_the_error_says_what_to_do(outside_a_session):
     with pytest.raises(DesktopError, match="not in a JupyterHub session"):
         session_desktop()
+
+
+def test_a_display_socket_another_user_made_is_not_the_desktop(tmp_path):
+    """An X socket of bob's (or a link) where the desktop's display should be: refused, never
+    connected to (an X client would hand it the display's cookie)."""
+    sockets = tmp_path / "x11"
+    sockets.mkdir()
+    desktop = Desktop(":7", None, 1)
+    assert not desktop.answers(socket_dir=str(sockets))  # not up yet
+    made = subprocess.run(["sudo", "-n", "-u", "bob", "/usr/bin/python3", "-c",
+                           "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
+                           "/tmp/bob-x7-" + tmp_path.name], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    bobs = Path("/tmp/bob-x7-" + tmp_path.name)
+    try:
+        os.rename(bobs, sockets / "X7")  # bob's socket, where display :7's would be
+        with pytest.raises(DesktopError, match=rf"{sockets}/X7, the socket of display :7, is "
+                                               r"bob's, not root's desktop"):
+            desktop.answers(socket_dir=str(sockets))
+        (sockets / "X7").unlink()
+        with socket.socket(socket.AF_UNIX) as mine:
+            mine.bind(str(tmp_path / "mine"))
+            mine.listen()
+            (sockets / "X7").symlink_to(tmp_path / "mine")
+            with pytest.raises(DesktopError, match="is a symbolic link, not root's desktop"):
+                desktop.answers(socket_dir=str(sockets))
+            (sockets / "X7").unlink()
+            os.rename(tmp_path / "mine", sockets / "X7")
+            assert desktop.answers(socket_dir=str(sockets))
+    finally:
+        bobs.unlink(missing_ok=True)
+
+
+def test_a_server_that_did_not_say_its_port_is_named(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://10.1.0.7:0/user/alice/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "t")
+    with pytest.raises(DesktopError, match="did not say where it listens .*session_identity"):
+        server_url()
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://10.1.0.7:40001/user/alice")
+    assert server_url() == ("http://10.1.0.7:40001/user/alice/", "t")
 
 
 # --- the buttons ---------------------------------------------------------------------------------
