@@ -230,5 +230,6 @@ def remove_private_directory(path: str | os.PathLike) -> bool:
     return not os.path.lexists(path)
 
 
-__all__ = ["PrivatePathError", "check_socket_path", "new_private_directory", "owner_name", "private_directory",
-           "read_private_file", "remove_private_directory", "write_private_file"]
+__all__ = ["PrivatePathError", "check_socket_path", "new_private_directory", "owner_name",
+           "private_directory", "read_private_file", "remove_private_directory",
+           "write_private_file"]

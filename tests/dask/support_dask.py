@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 import time
@@ -119,16 +120,16 @@ def run_python_as(username: str, code: str, *args: str, node=None, timeout: floa
     return json.loads(lines[-1])
 
 
-def tcp_listeners(node, uid: int) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket a process of ``uid`` listens on, on ``node``."""
-    out = subprocess.run(node.argv(["ss", "-Hltne"]), capture_output=True, text=True,
+def tcp_listeners(node, pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the processes ``pids`` listen on, on ``node``."""
+    out = subprocess.run(node.argv(["ss", "-Hltnp"]), capture_output=True, text=True,
                          check=True).stdout
     found = []
     for line in out.splitlines():
-        fields = line.split()
-        if f"uid:{uid}" not in fields:
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+),", line)}
+        if not owners & pids:
             continue
-        address, _, port = fields[3].rpartition(":")
+        address, _, port = line.split()[3].rpartition(":")
         address = address.strip("[]")
         if address in ("0.0.0.0", "*"):
             address = node.address  # every address of the node: its own one will do

@@ -157,7 +157,8 @@ def test_another_user_on_the_node_cannot_connect_to_the_cluster(devstack, kernel
     files = sorted(os.listdir(folder))
     assert {"tls.crt", "tls.key"} <= set(files), files
     for name in ("tls.crt", "tls.key"):
-        assert _mode(f"{folder}/{name}") == 0o600 and os.lstat(f"{folder}/{name}").st_uid == ALICE.pw_uid
+        path = f"{folder}/{name}"
+        assert _mode(path) == 0o600 and os.lstat(path).st_uid == ALICE.pw_uid
     read = run(["sudo", "-n", "-u", "bob", "cat", f"{folder}/tls.key"], check=False)
     assert read.returncode != 0 and "Permission denied" in read.stderr
 
@@ -171,10 +172,13 @@ def test_nothing_of_the_cluster_answers_http_on_a_node_but_its_socket(devstack, 
     in HTTP; the dashboard's socket answers alice and refuses bob."""
     kernel = kernel_on_node1
     kernel(START.format(node="node2"))
-    for name in ("node1", "node2"):
+    # The cluster's processes: the kernel (its scheduler) on node1, worker and nanny on node2.
+    workers = kernel("import os\nresult = list(cluster.get_client().run("
+                     "lambda: [os.getpid(), os.getppid()]).values())")
+    for name, pids in (("node1", {kernel.pid}), ("node2", set(workers[0]))):
         node = devstack.node(name)
-        ports = tcp_listeners(node, ALICE.pw_uid)
-        assert ports, f"no TCP listener of alice's on {name}"
+        ports = tcp_listeners(node, pids)
+        assert ports, f"no TCP listener of the cluster's on {name}"
         answers = run_python_as("bob", HTTP_TRIES, json.dumps(ports), node=node)
         print(name, answers)
         for where, answer in answers.items():
