@@ -21,6 +21,8 @@ Built on ``dask_jobqueue.SLURMCluster``; what this adds:
   and workers' HTTP servers listen on Unix sockets, not TCP, and the
   dashboard is reached through the hub only
   (:mod:`bioimage_gateway.dask_security`);
+* the scheduler's scratch folder (on its process's ``sys.path``) lies in the
+  cluster's private folder, not in the node's shared ``/tmp``;
 * workers spill to node-local disk, into a folder of the user's alone
   (``$TMPDIR/dask-<user>``, else ``/tmp/dask-<user>``): each worker job makes
   it 0700 or refuses one that someone else made, and ``wait_for_workers``
@@ -434,7 +436,10 @@ class GatewayCluster(SLURMCluster):
                         + f' "{local_directory}" --report '
                         + shlex.quote(credentials.refusal_prefix) + "$SLURM_JOB_ID || exit 1")
         scheduler_options = dict(kwargs.pop("scheduler_options", None) or {})
-        scheduler_options.update(dashboard_socket=credentials.dashboard_socket, dashboard=True)
+        # The scheduler's scratch folder goes on its process's sys.path: in the node's shared
+        # /tmp (distributed's default, dask-scratch-space) another user could swap it.
+        scheduler_options.update(dashboard_socket=credentials.dashboard_socket, dashboard=True,
+                                 local_directory=str(credentials.directory))
         worker_extra_args = [*(kwargs.pop("worker_extra_args", None) or []),
                              "--worker-class", WORKER_CLASS, "--no-dashboard"]
         options = dict(

@@ -161,6 +161,12 @@ def test_another_user_on_the_node_cannot_connect_to_the_cluster(devstack, kernel
         assert _mode(path) == 0o600 and os.lstat(path).st_uid == ALICE.pw_uid
     read = run(["sudo", "-n", "-u", "bob", "cat", f"{folder}/tls.key"], check=False)
     assert read.returncode != 0 and "Permission denied" in read.stderr
+    # The scheduler's scratch folder, which goes on the kernel's sys.path, is in there too,
+    # not in the node's shared /tmp/dask-scratch-space that bob could have made.
+    scratch = kernel("import sys\nresult = [cluster.scheduler.local_directory, sys.path]")
+    assert scratch[0].startswith(folder + "/dask-scratch-space/"), scratch[0]
+    assert not [entry for entry in scratch[1] if "dask-scratch-space" in entry
+                and not entry.startswith(folder + "/")], scratch[1]
 
     kernel("client.close(); cluster.close()")
     assert not os.path.lexists(folder)  # the key goes with the cluster
