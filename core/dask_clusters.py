@@ -15,7 +15,19 @@ Built on ``dask_jobqueue.SLURMCluster``; what this adds:
   job is submitted, for the cluster's creation, ``scale`` and ``adapt``: a
   refusal raises :class:`DaskLimitError` naming the limit, and Slurm never
   sees a job;
-* workers spill to node-local disk (``$TMPDIR``, else ``/tmp/<user>``);
+* on shared nodes the cluster is its user's alone: scheduler, workers and
+  client talk TLS with the cluster's own certificate and key (mutual, 0600 in
+  a 0700 folder of the user's, ``dask.runtime_directory``); the scheduler's
+  and workers' HTTP servers listen on Unix sockets, not TCP, and the
+  dashboard is reached through the hub only
+  (:mod:`bioimage_gateway.dask_security`);
+* the scheduler's scratch folder (on its process's ``sys.path``) lies in the
+  cluster's private folder, not in the node's shared ``/tmp``;
+* workers spill to node-local disk, into a folder of the user's alone
+  (``$TMPDIR/dask-<user>``, else ``/tmp/dask-<user>``): each worker job makes
+  it 0700 or refuses one that someone else made, and ``wait_for_workers``
+  raises that refusal (:class:`PrivatePathError`, naming folder and owner);
+  job scripts and logs stay in the user's private folders too;
 * job names ``dask-worker-<user>-<session job id>``, and a comment
   ``bioimage-gateway-dask:<cluster tag>`` that ties each job to its cluster;
 * no orphans: ``close()`` cancels the jobs (dask-jobqueue); a reaper process
@@ -24,7 +36,9 @@ Built on ``dask_jobqueue.SLURMCluster``; what this adds:
   each worker job cancels itself when the session's job has ended; the
   session's server extension sweeps jobs left by earlier sessions;
 * ``pending_reasons()`` / ``slurm_status()``: why jobs wait, in Slurm's words;
-* the dashboard link goes through the hub: ``{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status``.
+* the dashboard link goes through the hub and the session's Jupyter server:
+  ``{JUPYTERHUB_SERVICE_PREFIX}dask-dashboard/<cluster>/status``
+  (:mod:`bioimage_gateway.extensions.dask_dashboard`).
 """
 
 from __future__ import annotations
@@ -37,13 +51,19 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from dask_jobqueue import SLURMCluster
+from dask_jobqueue.slurm import SLURMJob
 
+from .dask_security import ClusterCredentials, GatewayScheduler
 from .dask_settings import (
     DaskLimits,
     DaskSettings,
@@ -52,6 +72,7 @@ from .dask_settings import (
     session_groups,
 )
 from .dask_watch import COMMENT_PREFIX
+from .private_paths import PrivatePathError, private_directory
 from .slurm import JOB_ID, POSIX_USERNAME, parse_squeue_line
 
 log = logging.getLogger(__name__)
@@ -62,6 +83,12 @@ NO_SESSION = "nosession"
 # squeue: id, state, host, start, reason (as slurm.SQUEUE_FORMAT), then name and comment.
 SQUEUE_FORMAT = "%i|%T|%B|%S|%r|%j|%k"
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+WORKER_CLASS = "bioimage_gateway.dask_security.GatewayWorker"
+# A spill folder as the job's shell expands it (in double quotes): $TMPDIR, ${TMPDIR:-/tmp}.
+_SHELL_PATH = re.compile(r"^(/|\$\{?[A-Z_][A-Z0-9_]*(:-/[A-Za-z0-9_.\-/]*)?\}?/)[A-Za-z0-9_.\-/]*$")
+REFUSAL_POLL = 2.0  # seconds between looks for workers' refusals while waiting for them
+# What the cluster sets itself: TLS with its own credentials, its own scheduler.
+FIXED_OPTIONS = ("security", "protocol", "scheduler_cls", "shared_temp_directory", "job_cls")
 
 
 class DaskLimitError(ValueError):
@@ -235,6 +262,7 @@ class ClusterStatus:
     pending: dict[str, str]  # job id -> Slurm reason
     running: list[str]  # job ids Slurm runs
     dashboard_link: str
+    refused: dict[str, str] = field(default_factory=dict)  # job id -> why it did not start
 
     def describe(self) -> str:
         text = f"{self.connected} of {self.requested} workers connected"
@@ -243,14 +271,37 @@ class ClusterStatus:
         if self.pending:
             reasons = sorted(set(self.pending.values()))
             text += f", {len(self.pending)} job(s) pending (reason: {', '.join(reasons)})"
+        for job_id, why in sorted(self.refused.items()):
+            text += f"; job {job_id} refused to start {why}"
         return text
 
 
 def _local_directory(template: str, user: str) -> str:
     if template == "$TMPDIR":
-        # Expanded by the worker job's shell, on the worker's node.
-        return "${TMPDIR:-/tmp/" + user + "}"
+        # Expanded by the worker job's shell, on the worker's node; a folder of the user's
+        # own, as $TMPDIR may be shared by everyone on the node (/tmp, /scratch).
+        return "${TMPDIR:-/tmp}/dask-" + user
     return template.replace("{user}", user)
+
+
+class GatewaySLURMJob(SLURMJob):
+    """dask-jobqueue's Slurm job, its batch script written into the cluster's private folder
+    (a new 0600 file, ``mkstemp``) rather than reopened by name in the node's shared /tmp."""
+
+    def __init__(self, *args, script_directory: str | None = None, **kwargs):
+        self.script_directory = script_directory
+        super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def job_file(self):
+        fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=self.script_directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.job_script())
+            yield path
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 class GatewayCluster(SLURMCluster):
@@ -259,9 +310,13 @@ class GatewayCluster(SLURMCluster):
     Keyword arguments are SLURMCluster's; ``workers`` (or ``n_workers``),
     ``cores``, ``memory`` (str, or GiB as a number) and ``walltime`` are
     checked against the limits.  ``settings`` (GatewaySettings or
-    DaskSettings) and ``groups`` override where the limits come from;
-    ``dashboard_port`` fixes the dashboard's port (default: a free one).
+    DaskSettings) and ``groups`` override where the limits come from.
+    TLS, the scheduler and the job class are the cluster's own: ``security``,
+    ``protocol``, ``scheduler_cls``, ``shared_temp_directory`` and ``job_cls``
+    are refused.
     """
+
+    job_cls = GatewaySLURMJob
 
     def __init__(
         self,
@@ -273,12 +328,16 @@ class GatewayCluster(SLURMCluster):
         walltime: Any = None,
         settings: Any = None,
         groups: list[str] | None = None,
-        dashboard_port: int = 0,
         reaper: bool = True,
         session: SessionContext | None = None,
         **kwargs: Any,
     ):
         self._reaper: subprocess.Popen | None = None
+        self.credentials: ClusterCredentials | None = None
+        for key in FIXED_OPTIONS:
+            if key in kwargs:
+                raise ValueError(f"GatewayCluster sets {key} itself (TLS with the cluster's own "
+                                 "credentials); leave it out")
         self.session = session or SessionContext.from_env()
         if not POSIX_USERNAME.match(self.session.user):
             raise ValueError(f"{self.session.user!r} is not a POSIX account name")
@@ -341,10 +400,48 @@ class GatewayCluster(SLURMCluster):
                      "--session-job", self.session.session_job_id,
                      "--interval", str(self.dask_settings.guard_interval)]
             prologue.append(" ".join(shlex.quote(part) for part in guard) + " &")
+        local_directory = kwargs.pop("local_directory", None) or _local_directory(
+            self.dask_settings.local_directory, user)
+        if not _SHELL_PATH.match(local_directory):
+            raise ValueError(f"local_directory {local_directory!r}: use an absolute path "
+                             "of letters, digits, '_.-/' and ${{VARIABLE}}s")
+        log_directory = str(private_directory(
+            os.path.join(home, self.dask_settings.log_directory), "Dask log directory",
+            create_parents=True))
+        # Nothing of the cluster exists before this folder: its TLS key, the dashboard's socket.
+        self.credentials = ClusterCredentials.create(
+            Path(home) / self.dask_settings.runtime_directory, self.tag)
+        try:
+            super().__init__(n_workers=0, **self._options(
+                kwargs, directives, prologue, python, local_directory, log_directory,
+                cores, memory_bytes, walltime_s))
+        except BaseException:
+            self.credentials.remove()
+            raise
+        self.walltime_s = walltime_s
+        if reaper:
+            self._start_reaper()
+        if target:
+            self.scale(int(target))
+
+    def _options(self, kwargs: dict, directives: list[str], prologue: list[str], python: str,
+                 local_directory: str, log_directory: str, cores: int, memory_bytes: int,
+                 walltime_s: int) -> dict[str, Any]:
+        """SLURMCluster's keywords: the session's defaults, the caller's, then the cluster's own
+        (TLS, the scheduler and workers with their HTTP on Unix sockets, private paths)."""
+        credentials = self.credentials
+        # First in the job: the spill folder is the user's alone, or the job ends, saying why.
+        spill = [python, "-m", "bioimage_gateway.dask_watch", "spill-directory"]
+        prologue.insert(0, " ".join(shlex.quote(part) for part in spill)
+                        + f' "{local_directory}" --report '
+                        + shlex.quote(credentials.refusal_prefix) + "$SLURM_JOB_ID || exit 1")
         scheduler_options = dict(kwargs.pop("scheduler_options", None) or {})
-        scheduler_options.setdefault(
-            "dashboard_address", f"{self.dask_settings.dashboard_host}:{int(dashboard_port)}"
-        )
+        # The scheduler's scratch folder goes on its process's sys.path: in the node's shared
+        # /tmp (distributed's default, dask-scratch-space) another user could swap it.
+        scheduler_options.update(dashboard_socket=credentials.dashboard_socket, dashboard=True,
+                                 local_directory=str(credentials.directory))
+        worker_extra_args = [*(kwargs.pop("worker_extra_args", None) or []),
+                             "--worker-class", WORKER_CLASS, "--no-dashboard"]
         options = dict(
             queue=self.session.partition,
             account=self.session.account,
@@ -354,8 +451,6 @@ class GatewayCluster(SLURMCluster):
             walltime=format_walltime(walltime_s),
             job_name=self.session.job_name,
             python=python,
-            local_directory=_local_directory(self.dask_settings.local_directory, user),
-            log_directory=os.path.join(home, self.dask_settings.log_directory),
             death_timeout=self.dask_settings.death_timeout,
             interface=self.dask_settings.interface,
         )
@@ -364,13 +459,14 @@ class GatewayCluster(SLURMCluster):
             job_extra_directives=directives,
             job_script_prologue=prologue,
             scheduler_options=scheduler_options,
+            worker_extra_args=worker_extra_args,
+            local_directory=local_directory,
+            log_directory=log_directory,
+            security=credentials.security(),
+            scheduler_cls=GatewayScheduler,
+            script_directory=str(credentials.directory),
         )
-        self.walltime_s = walltime_s
-        super().__init__(n_workers=0, **options)
-        if reaper:
-            self._start_reaper()
-        if target:
-            self.scale(int(target))
+        return options
 
     # -- limits on scaling ---------------------------------------------------
 
@@ -435,33 +531,63 @@ class GatewayCluster(SLURMCluster):
             pending={j.job_id: j.reason for j in jobs if j.pending},
             running=[j.job_id for j in jobs if not j.pending],
             dashboard_link=self.dashboard_link,
+            refused=self.worker_refusals(),
         )
+
+    # -- workers that refused to start ---------------------------------------
+
+    def worker_refusals(self) -> dict[str, str]:
+        """Job id -> why that worker job refused to start (its spill folder), as it said."""
+        return self.credentials.refusals() if self.credentials else {}
+
+    def _raise_refusals(self) -> None:
+        refused = self.worker_refusals()
+        if refused:
+            job_id, why = min(refused.items())
+            others = f" (and {len(refused) - 1} more job(s))" if len(refused) > 1 else ""
+            raise PrivatePathError(f"Dask worker job {job_id}{others} refused to start {why}",
+                                   path="", owner=None)
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+        """Wait until ``n_workers`` are connected; a worker job that refused to start (a spill
+        folder of someone else's on its node) raises :class:`PrivatePathError` at once."""
+        if self.asynchronous:
+            return super().wait_for_workers(n_workers, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
+        while True:
+            self._raise_refusals()
+            left = None if deadline is None else deadline - time.monotonic()
+            step = REFUSAL_POLL if left is None else max(0.1, min(REFUSAL_POLL, left))
+            try:
+                return super().wait_for_workers(n_workers, timeout=step)
+            except TimeoutError:
+                if left is not None and left <= REFUSAL_POLL:
+                    self._raise_refusals()
+                    raise
+
+    # -- the dashboard: a Unix socket, reached through the hub ----------------
+
+    @property
+    def dashboard_socket(self) -> str | None:
+        """The Unix socket the scheduler's HTTP server (the dashboard) listens on."""
+        return self.credentials.dashboard_socket if self.credentials else None
 
     @property
     def dashboard_link(self) -> str:
+        """Through the hub and the session's Jupyter server; "" outside a session, where the
+        dashboard is only on its socket (``curl --unix-socket``)."""
         prefix = self.session.service_prefix
-        try:
-            port = self.scheduler_info["services"]["dashboard"]
-        except (KeyError, TypeError, AttributeError):
-            return super().dashboard_link
-        if prefix:
-            # Through the hub and the session's jupyter-server-proxy.
-            return f"{prefix.rstrip('/')}/proxy/{port}/status"
-        return super().dashboard_link
-
-    @property
-    def dashboard_port(self) -> int | None:
-        try:
-            return int(self.scheduler_info["services"]["dashboard"])
-        except (KeyError, TypeError, AttributeError):
-            return None
+        if not prefix:
+            return ""
+        return f"{prefix.rstrip('/')}/dask-dashboard/{self.tag}/status"
 
     # -- the reaper: jobs die with the process that holds the cluster --------
 
     def _start_reaper(self) -> None:
         argv = [sys.executable, "-m", "bioimage_gateway.dask_watch", "reaper",
                 "--pid", str(os.getpid()), "--user", self.session.user,
-                "--name", self.session.job_name, "--tag", self.tag]
+                "--name", self.session.job_name, "--tag", self.tag,
+                "--directory", str(self.credentials.directory)]
         self._reaper = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, env=_slurm_env(self.session.env),
@@ -484,6 +610,8 @@ class GatewayCluster(SLURMCluster):
             return await super()._close()
         finally:
             self._stop_reaper()
+            if self.credentials is not None:
+                self.credentials.remove()
 
 
 def new_cluster(**overrides: Any) -> GatewayCluster:
@@ -495,6 +623,8 @@ __all__ = [
     "ClusterStatus",
     "DaskLimitError",
     "GatewayCluster",
+    "GatewaySLURMJob",
+    "PrivatePathError",
     "SessionContext",
     "WorkerJob",
     "new_cluster",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .limits import most_generous
 
@@ -34,6 +34,10 @@ ENV_VAR = "BIOIMAGE_GATEWAY_CONFIG"
 # The spawner may hand the session its already-resolved limits (JSON of DaskLimits).
 LIMITS_ENV = "BIOIMAGE_GATEWAY_DASK_LIMITS"
 GROUPS_ENV = "BIOIMAGE_GATEWAY_GROUPS"
+
+
+# A path below the user's home (no leading "/"; ".." parts are refused by a validator).
+_RELATIVE_PATH = r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\-/]*$"
 
 
 class _Model(BaseModel):
@@ -62,22 +66,31 @@ class DaskSettings(_Model):
     )
     local_directory: str = Field(
         default="$TMPDIR",
-        pattern=r"^(\$TMPDIR|/[A-Za-z0-9_.\-/{}]*)$",
-        description="Workers' spill directory on node-local disk: $TMPDIR "
-        "(else /tmp/<user>) or an absolute path, where {user} is the user's name.",
+        pattern=r"^(\$TMPDIR|/[A-Za-z0-9_.\-/]*\{user\}[A-Za-z0-9_.\-/{}]*)$",
+        description="Workers' spill directory on node-local disk: $TMPDIR (a folder "
+        "dask-<user> in $TMPDIR, else in /tmp) or an absolute path with {user} in it, "
+        "the user's name.  Each worker job makes it a folder of the user's alone (0700) "
+        "and refuses one that someone else made.",
     )
     log_directory: str = Field(
         default=".bioimage-gateway/logs/dask",
-        pattern=r"^[A-Za-z0-9_.\-/]+$",
-        description="Worker job logs, relative to the user's home directory.",
+        pattern=_RELATIVE_PATH,
+        description="Worker job logs, relative to the user's home directory (0700).",
+    )
+    runtime_directory: str = Field(
+        default=".bioimage-gateway/dask",
+        pattern=_RELATIVE_PATH,
+        description="Relative to the user's home directory (the shared file system): one "
+        "private folder (0700) per cluster with its TLS certificate and key, the "
+        "dashboard's Unix socket and the job scripts being submitted.",
     )
     interface: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.\-]{1,32}$",
         description="Network interface workers and scheduler talk on (e.g. ib0).",
     )
     dashboard_host: str = Field(
-        default="127.0.0.1", description="Address the dashboard listens on (reached "
-        "through jupyter-server-proxy)."
+        default="127.0.0.1", description="Not used any more: the dashboard listens on a "
+        "Unix socket in the cluster's private folder (accepted in older files)."
     )
     death_timeout: int = Field(
         default=60, ge=5, le=3600,
@@ -91,6 +104,13 @@ class DaskSettings(_Model):
         max_workers=4, max_worker_cores=4, max_worker_memory_gb=16, max_walltime_hours=8
     )
     group_limits: dict[GroupName, DaskLimits] = Field(default_factory=dict)
+
+    @field_validator("local_directory", "log_directory", "runtime_directory")
+    @classmethod
+    def _stays_where_it_says(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError("a '..' part would lead out of the folder it names")
+        return value
 
     def limits_for(self, groups: Iterable[str]) -> DaskLimits:
         """The most generous limits among the user's groups, else the site default."""

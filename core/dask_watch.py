@@ -1,20 +1,29 @@
 """Watchdogs that keep Dask worker jobs from outliving what they serve.
 
-``python -m bioimage_gateway.dask_watch reaper --pid P --user U --name N --tag T``
+``python -m bioimage_gateway.dask_watch reaper --pid P --user U --name N --tag T [--directory D]``
     Started by :class:`~bioimage_gateway.dask_clusters.GatewayCluster` beside
     the process holding the cluster (the kernel, or the Jupyter server for
     dask-labextension), in its own process session.  It polls that process
     every second; once it is gone (closed, crashed or ``kill -9``), it cancels
-    every job of the cluster, pending ones included, and exits.  A normal
-    ``close()`` stops it.
+    every job of the cluster, pending ones included, removes the cluster's
+    private folder ``D`` (its TLS key, the dashboard's socket), and exits.  A
+    normal ``close()`` stops it (the cluster removes its folder itself).
 
 ``python -m bioimage_gateway.dask_watch guard --session-job J``
     Runs in the background of each worker job (from the job script).  When
     the session's job has left the running state, it cancels its own job.
 
-Both run Slurm's commands from argv lists, as the user, with ``SLURM_CONF``
-from the environment; a scheduler that does not answer is never read as
-"job gone".
+``python -m bioimage_gateway.dask_watch spill-directory PATH [--report FILE]``
+    Runs first in each worker job: makes ``PATH`` (the worker's
+    ``local_directory`` on its node) a folder of the user's alone, mode 0700,
+    or refuses one that someone else made or a link there; the refusal names
+    the folder and its owner, on stderr (the job's log) and in ``FILE`` (in
+    the cluster's private folder, where the cluster reads it), and the job
+    ends before any worker writes there.
+
+Reaper and guard run Slurm's commands from argv lists, as the user, with
+``SLURM_CONF`` from the environment; a scheduler that does not answer is
+never read as "job gone".
 """
 
 from __future__ import annotations
@@ -22,10 +31,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from .private_paths import (
+    PrivatePathError,
+    private_directory,
+    remove_private_directory,
+    write_private_file,
+)
 from .slurm import JOB_ID, POSIX_USERNAME
 
 COMMENT_PREFIX = "bioimage-gateway-dask:"
@@ -76,7 +93,7 @@ def cancel(job_ids: list[str]) -> bool:
 
 
 def reaper(pid: int, user: str, name: str, tag: str, interval: float = 1.0,
-           give_up_after: float = 600) -> int:
+           give_up_after: float = 600, directory: str | None = None) -> int:
     stopping = False
 
     def stop(_signum, _frame):
@@ -90,7 +107,10 @@ def reaper(pid: int, user: str, name: str, tag: str, interval: float = 1.0,
         time.sleep(interval)
     if stopping:
         return 0  # the cluster closed normally and cancelled its own jobs
-    # The process holding the cluster is gone: cancel its jobs until none is left.
+    # The process holding the cluster is gone: its private folder goes (no worker can
+    # start without the key), then its jobs are cancelled until none is left.
+    if directory:
+        remove_private_directory(directory)
     deadline = time.monotonic() + give_up_after
     while time.monotonic() < deadline:
         jobs = cluster_jobs(user, name, tag)
@@ -129,6 +149,26 @@ def guard(session_job: str, interval: float = 30) -> int:
         time.sleep(interval)
 
 
+def spill_directory(path: str, report: str | None = None) -> int:
+    """Make ``path`` the user's private spill folder (0700); on a refusal, say why on stderr
+    and in ``report`` (a new 0600 file), and return 1."""
+    try:
+        private_directory(path, "Dask spill directory")
+    except (PrivatePathError, OSError) as exc:
+        message = f"on {socket.gethostname()}: {exc}"
+        print(f"bioimage-gateway: Dask worker job {os.environ.get('SLURM_JOB_ID', '')} refused "
+              f"to start {message}", file=sys.stderr, flush=True)
+        if report:
+            folder, name = os.path.split(report)
+            try:
+                write_private_file(Path(folder), name, message.encode())
+            except OSError as failed:
+                print(f"bioimage-gateway: could not write {report}: {failed}", file=sys.stderr,
+                      flush=True)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bioimage_gateway.dask_watch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,14 +178,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--name", required=True)
     r.add_argument("--tag", required=True)
     r.add_argument("--interval", type=float, default=1.0)
+    r.add_argument("--directory", help="the cluster's private folder, removed with it")
     g = sub.add_parser("guard")
     g.add_argument("--session-job", required=True)
     g.add_argument("--interval", type=float, default=30)
+    s = sub.add_parser("spill-directory")
+    s.add_argument("path")
+    s.add_argument("--report")
     args = parser.parse_args(argv)
     if args.command == "reaper":
         if not POSIX_USERNAME.match(args.user):
             parser.error("--user is not a POSIX account name")
-        return reaper(args.pid, args.user, args.name, args.tag, args.interval)
+        if args.directory and not os.path.isabs(args.directory):
+            parser.error("--directory is not an absolute path")
+        return reaper(args.pid, args.user, args.name, args.tag, args.interval,
+                      directory=args.directory)
+    if args.command == "spill-directory":
+        if not os.path.isabs(args.path):
+            parser.error(f"{args.path!r} is not an absolute path")
+        return spill_directory(args.path, args.report)
     if not JOB_ID.match(args.session_job):
         parser.error("--session-job is not a Slurm job id")
     return guard(args.session_job, args.interval)

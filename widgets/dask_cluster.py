@@ -8,7 +8,8 @@ for the user's groups; "Start" creates a :class:`GatewayCluster` with the
 chosen cores and memory per worker, "Scale" sets the number of workers (or
 the adaptive bounds), "Close" cancels every worker job.  The status line
 says how many workers are connected and, for jobs Slurm holds, why (its
-reason).  All logic lives in methods the buttons call, so a test drives it
+reason); a worker job that refused to start (a spill folder of someone
+else's on its node) says why.  All logic lives in methods the buttons call, so a test drives it
 with ``widget.start_button.click()`` and reads ``widget.status.value``.
 """
 
@@ -170,6 +171,8 @@ class DaskClusterWidget(w.VBox):
         if status.pending:
             reasons = sorted(set(status.pending.values()))
             text += f" (reason: {', '.join(reasons)})"
+        for job_id, why in sorted(status.refused.items()):
+            text += f"; job {job_id} refused to start {why}"
         self.status.value = html.escape(text)
         link = status.dashboard_link
         self.dashboard.value = (

@@ -11,20 +11,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support_dask import UserPython, jobs_named, wait_for, write_ome_zarr  # noqa: E402
-
-DASK_SETTINGS = {
-    "worker_cores": 1,
-    "worker_memory_gb": 1,
-    "guard_interval": 2,
-    "death_timeout": 30,
-    "default_limits": {"max_workers": 1, "max_worker_cores": 1, "max_worker_memory_gb": 1,
-                       "max_walltime_hours": 1},
-    "group_limits": {
-        "imaging": {"max_workers": 4, "max_worker_cores": 1, "max_worker_memory_gb": 2,
-                    "max_walltime_hours": 2},
-    },
-}
+from support_dask import (  # noqa: E402
+    DASK_SETTINGS,
+    UserPython,
+    jobs_named,
+    wait_for,
+    write_ome_zarr,
+)
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,27 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 VENV_PYTHON = str(Path(sys.executable))
+
+# The site's dask: section of the tests (gateway-dask.yaml).
+DASK_SETTINGS = {
+    "worker_cores": 1,
+    "worker_memory_gb": 1,
+    "guard_interval": 2,
+    "death_timeout": 30,
+    "default_limits": {"max_workers": 1, "max_worker_cores": 1, "max_worker_memory_gb": 1,
+                       "max_walltime_hours": 1},
+    "group_limits": {
+        "imaging": {"max_workers": 4, "max_worker_cores": 1, "max_worker_memory_gb": 2,
+                    "max_walltime_hours": 2},
+    },
+}
 
 # A tiny line-oriented REPL: one JSON {"code": ...} per line in, one JSON answer per line out.
 # The code runs in one namespace; it leaves its answer in `result` (JSON-able).
@@ -91,6 +106,37 @@ class UserPython:
             except Exception:  # noqa: BLE001
                 subprocess.run(["kill", "-9", str(self.pid)], check=False)
                 self.proc.wait(timeout=30)
+
+
+def run_python_as(username: str, code: str, *args: str, node=None, timeout: float = 120) -> dict:
+    """``code`` run by ``username`` (on ``node`` when given); it prints one JSON object last."""
+    argv = sudo_argv(username, user_env(username, {}), [VENV_PYTHON, "-c", code, *args])
+    result = subprocess.run(node.argv(argv) if node is not None else argv, capture_output=True,
+                            text=True, timeout=timeout, cwd="/tmp", check=False)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise AssertionError(f"python as {username} failed ({result.returncode}): "
+                             f"{result.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def tcp_listeners(node, pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the processes ``pids`` listen on, on ``node``."""
+    out = subprocess.run(node.argv(["ss", "-Hltnp"]), capture_output=True, text=True,
+                         check=True).stdout
+    found = []
+    for line in out.splitlines():
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+),", line)}
+        if not owners & pids:
+            continue
+        address, _, port = line.split()[3].rpartition(":")
+        address = address.strip("[]")
+        if address in ("0.0.0.0", "*"):
+            address = node.address  # every address of the node: its own one will do
+        elif address == "::":
+            address = "::1"
+        found.append((address, int(port)))
+    return found
 
 
 def squeue(env: dict[str, str], *args: str) -> list[list[str]]:

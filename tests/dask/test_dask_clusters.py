@@ -31,7 +31,7 @@ def test_two_workers_reduce_an_ome_zarr_level_then_scale_and_close(
         assert limit == "2:00:00"  # the group's walltime limit (no session: no time left)
         assert comment.startswith("bioimage-gateway-dask:alice-nosession-")
     script = as_alice("result = cluster.job_script()")
-    assert "--local-directory ${TMPDIR:-/tmp/alice}" in script  # node-local disk
+    assert "--local-directory ${TMPDIR:-/tmp}/dask-alice" in script  # node-local, hers alone
 
     # A level of the OME-Zarr pyramid, loaded lazily, reduced on the workers.
     reduced = as_alice(f"""
@@ -61,8 +61,11 @@ result = dict(total=int(total), mean=float(mean), workers=len(where),
     assert as_alice("result = cluster.slurm_status().describe()").startswith(
         "1 of 1 workers connected, 1 job(s) running")
 
+    folder = as_alice("result = str(cluster.credentials.directory)")
+    assert os.path.isdir(folder)
     as_alice("client.close(); cluster.close()")
     wait_for(lambda: jobs_named(alice_env, "alice") == [], 30, "the worker jobs to leave the queue")
+    assert not os.path.lexists(folder)  # its TLS key went with it
     # The reaper stopped with the cluster.
     assert run(["pgrep", "-u", "alice", "-f", "dask_watch reaper"], check=False).stdout == ""
 
@@ -120,12 +123,17 @@ def test_scaling_past_the_limit_is_refused_and_submits_nothing(as_alice, alice_e
 
 
 def test_kernel_killed_with_kill_9_leaves_no_worker_jobs(as_alice, alice_env):
-    as_alice(START + "cluster = new_cluster(workers=2)\ncluster.wait_for_workers(2, timeout=90)")
+    folder = as_alice(START + "cluster = new_cluster(workers=2)\n"
+                      "cluster.wait_for_workers(2, timeout=90)\n"
+                      "result = str(cluster.credentials.directory)")
     assert len(jobs_named(alice_env, "alice")) == 2
+    assert os.path.isfile(f"{folder}/tls.key")
     killed = time.monotonic()
     as_alice.kill9()
     wait_for(lambda: not jobs_named(alice_env, "alice"), 60, "worker jobs to be cancelled")
     print(f"worker jobs gone {time.monotonic() - killed:.1f} s after kill -9")
+    # No key of a dead cluster is left behind in her home.
+    wait_for(lambda: not os.path.lexists(folder), 30, "the cluster's private folder to go")
     wait_for(lambda: run(["pgrep", "-u", "alice", "-f", "dask_watch reaper"],
                          check=False).returncode == 1, 30, "the reaper to exit")
 

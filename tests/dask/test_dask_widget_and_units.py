@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+from pathlib import Path
+
 import pytest
 
 from bioimage_gateway.dask_clusters import (
     ClusterStatus,
     DaskLimitError,
+    GatewaySLURMJob,
     check_worker_count,
     check_worker_shape,
     parse_time_left,
@@ -117,3 +123,41 @@ def test_group_limits_take_the_most_generous_group():
 def test_bad_dask_section_is_refused_with_its_key():
     with pytest.raises(SettingsError, match=r"dask\.default_limits\.max_workers"):
         parse_dask_settings({"default_limits": {"max_workers": -1}})
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("local_directory", "/scratch", "dask.local_directory"),  # one folder for every user
+    ("local_directory", "/scratch/{user}/../shared", "'..' part"),
+    ("runtime_directory", "/var/dask", "dask.runtime_directory"),
+    ("log_directory", "../elsewhere", "'..' part"),
+])
+def test_dask_paths_are_each_users_own(key, value, problem):
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        parse_dask_settings({key: value})
+
+
+def test_job_scripts_are_written_privately_and_removed(tmp_path):
+    """The batch script goes to a new 0600 file in the cluster's private folder (not a name
+    reopened in the node's shared /tmp), and is gone once submitted."""
+    folder = tmp_path / "cluster"
+    folder.mkdir(mode=0o700)
+    job = GatewaySLURMJob(scheduler="tls://10.0.0.1:8786", name="w", cores=1, memory="1GiB",
+                          script_directory=str(folder))
+    with job.job_file() as path:
+        assert os.path.dirname(path) == str(folder)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert Path(path).read_text() == job.job_script()
+    assert os.listdir(folder) == []
+
+
+def test_a_refused_worker_job_is_shown_with_its_reason():
+    refused = {"17": "on node2: Dask spill directory /tmp/dask-alice refused: it belongs to bob"}
+    status = ClusterStatus(requested=1, connected=0, pending={}, running=[], dashboard_link="",
+                           refused=refused)
+    assert status.describe() == ("0 of 1 workers connected; job 17 refused to start on node2: "
+                                 "Dask spill directory /tmp/dask-alice refused: it belongs to bob")
+    cluster = FakeCluster()
+    cluster.slurm_status = lambda: status
+    widget = DaskClusterWidget(cluster=cluster, limits=LIMITS, refresh_interval=None)
+    assert "job 17 refused to start on node2" in widget.status.value
+    assert "belongs to bob" in widget.status.value

@@ -28,8 +28,10 @@ def test_new_cluster_button_uses_the_gateway_factory(alice, slurm):
     created = alice.http.put(api, headers=headers, timeout=120)
     assert created.status_code == 200, created.text
     model = created.json()
-    # The dashboard goes through the hub's proxy, as the pane shows it.
-    assert model["dashboard_link"].startswith("/user/alice/proxy/")
+    # The dashboard goes through the hub and the session's server, from its Unix socket.
+    assert model["dashboard_link"].startswith("/user/alice/dask-dashboard/alice-")
+    dashboard = alice.http.get(alice.url(model["dashboard_link"]), timeout=60)
+    assert dashboard.status_code == 200 and "Dask" in dashboard.text
     scaled = alice.http.patch(f"{api}/{model['id']}", json={"workers": 1}, headers=headers,
                               timeout=60)
     assert scaled.status_code == 200, scaled.text
