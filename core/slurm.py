@@ -93,11 +93,13 @@ async def run_argv(
     env: Mapping[str, str] | None = None,
     input: str | None = None,
     timeout: float = 60,
+    umask: int = -1,
 ) -> CommandResult:
     """Run a command from an argv list (never a shell) and collect its output."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         env=dict(env) if env is not None else None,
+        umask=umask,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -149,7 +151,9 @@ class SlurmClient:
         """Submit a batch script as the user; return the job id."""
         argv = self.as_user(username, [self._bin("sbatch"), "--parsable"], keep_env=list(env))
         full_env = {**self.env, **env}
-        result = await run_argv(argv, env=full_env, input=script, timeout=self.timeout)
+        # sbatch passes its umask to the job (SLURM_UMASK), and sudo ORs its own 022 with the
+        # caller's: 077 here makes the job's log, which may show tokens and paths, the user's alone.
+        result = await run_argv(argv, env=full_env, input=script, timeout=self.timeout, umask=0o077)
         if result.returncode != 0:
             raise SubmitError(result.stderr.strip() or f"sbatch exited {result.returncode}")
         # --parsable prints "id" or "id;cluster"; Slurm may print warnings first.

@@ -227,6 +227,7 @@ class GatewaySpawner(SlurmSpawner):
             username=unix_user.pw_name,
             home=unix_user.pw_dir,
             log_path=self._log_path(unix_user.pw_dir),
+            log_dir=shlex.quote(f"{unix_user.pw_dir}/{self.site.session.log_dir}"),
             export=",".join(sorted(env_names)),
             partition=profile.partition,
             account=charge.account,

@@ -5,6 +5,7 @@ for users only through the sudo rules a site installs."""
 from __future__ import annotations
 
 import json
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -79,6 +80,10 @@ def test_sessions_of_two_users_run_on_two_nodes_at_their_nodes_addresses(devstac
                 assert name in env, (user, name)
             assert env["JUPYTERHUB_API_URL"].startswith(f"http://{devstack.record()['network']['service_address']}:")
         assert "Not passed to" not in (devstack.state_dir / "hub.log").read_text()
+        # Each job's log (tokens, paths) is its user's alone.
+        for user in ("alice", "bob"):
+            log = Path(pwd.getpwnam(user).pw_dir) / f".bioimage-gateway/logs/jupyter-session-{jobs_of(slurm, user)[0]}.log"
+            assert log.stat().st_uid == pwd.getpwnam(user).pw_uid and log.stat().st_mode & 0o077 == 0, oct(log.stat().st_mode)
     finally:
         alice.stop()
         bob.stop()
