@@ -148,9 +148,8 @@ def cluster_name(conf: Path) -> str | None:
 
 
 class ClusterInfo:
-    """Cached, never-blocking view of the cluster for the spawn form."""
-
-    _shared: dict[tuple, "ClusterInfo"] = {}
+    """Cached, never-blocking view of the cluster for the spawn form (one per hub:
+    ``shared.SharedServices``)."""
 
     def __init__(self, client: SlurmClient, ttl: float = 30, timeout: float = 5):
         self.client = client
@@ -159,13 +158,6 @@ class ClusterInfo:
         self._cache: dict[str, Cached] = {}
         # One slurmdbd often serves several clusters: only this one's associations count.
         self.cluster = cluster_name(client.conf)
-
-    @classmethod
-    def shared(cls, client: SlurmClient, **kwargs) -> "ClusterInfo":
-        key = (str(client.conf), str(client.bin_dir))
-        if key not in cls._shared:
-            cls._shared[key] = cls(client, **kwargs)
-        return cls._shared[key]
 
     async def _run(self, argv: list[str]) -> str:
         result = await run_argv(argv, env=self.client.env, timeout=self.timeout)

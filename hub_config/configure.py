@@ -19,6 +19,7 @@ from jupyterhub.log import log_request
 from bioimage_gateway.settings import GatewaySettings
 
 from . import collector, database, port_api, user_lookups
+from .shared import SharedServices
 from .spawner import GatewaySpawner
 
 
@@ -62,7 +63,8 @@ def configure_hub(c, settings: GatewaySettings) -> None:
         }
 
     c.JupyterHub.spawner_class = GatewaySpawner
-    c.GatewaySpawner.settings = settings
+    # One Slurm client, queue poller and cluster-info cache for all of this hub's spawners.
+    c.GatewaySpawner.shared = SharedServices(settings)
     # Only these of the hub's variables reach a job (and sudo's env_keep lists them).
     c.Spawner.env_keep = ["LANG", "LC_ALL"]
     c.Spawner.default_url = settings.session.default_url

@@ -26,17 +26,18 @@ log = logging.getLogger("bioimage_gateway.poller")
 
 
 class QueuePoller:
-    _instances: dict[tuple, "QueuePoller"] = {}
+    """The queue as the hub last saw it, for every job it watches (one per hub:
+    ``shared.SharedServices``)."""
 
     def __init__(self, client: SlurmClient, interval: float, start_interval: float | None = None,
                  jitter: float = 0.1):
         self.client = client
         self.interval = interval
-        # While any session is starting, its user is waiting: ask more often.
+        # While a user waits on a job (a session starting or stopping), ask more often.
         self.start_interval = min(start_interval or interval, interval)
         self.jitter = jitter
         self.watched: set[str] = set()
-        self.starting: set[str] = set()
+        self.waited_on: set[str] = set()
         self._wake = asyncio.Event()
         self.jobs: dict[str, JobInfo] = {}
         self.ended: dict[str, JobInfo | None] = {}
@@ -46,48 +47,39 @@ class QueuePoller:
         self._task: asyncio.Task | None = None
         self._fresh = asyncio.Event()
 
-    @classmethod
-    def shared(cls, client: SlurmClient, interval: float,
-               start_interval: float | None = None) -> "QueuePoller":
-        """The hub's poller for this cluster (one per slurm.conf)."""
-        key = (str(client.conf), str(client.bin_dir))
-        poller = cls._instances.get(key)
-        if poller is None or poller._loop_closed():
-            poller = cls._instances[key] = cls(client, interval, start_interval)
-        return poller
-
-    def _loop_closed(self) -> bool:
-        return self._task is not None and self._task.get_loop().is_closed()
-
-    def watch(self, job_id: str, starting: bool = False) -> None:
+    def watch(self, job_id: str, waiting: bool = False) -> None:
+        """Include the job in every query; ``waiting``: a user waits on it (ask soon and often)."""
         self.watched.add(job_id)
         self.ended.pop(job_id, None)
-        if starting:
-            self.starting.add(job_id)
+        if waiting:
+            self.waited_on.add(job_id)
             self._wake.set()  # do not sleep out a long interval while a user waits
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
-    def started(self, job_id: str) -> None:
-        self.starting.discard(job_id)
+    def done_waiting(self, job_id: str) -> None:
+        self.waited_on.discard(job_id)
 
     def unwatch(self, job_id: str) -> None:
         self.watched.discard(job_id)
-        self.starting.discard(job_id)
+        self.waited_on.discard(job_id)
         self.jobs.pop(job_id, None)
         self.ended.pop(job_id, None)
 
     async def _run(self) -> None:
         while self.watched:
             await self.refresh()
-            interval = self.start_interval if self.starting else self.interval
+            interval = self.start_interval if self.waited_on else self.interval
             self._wake = asyncio.Event()
             delay = interval * random.uniform(1 - self.jitter, 1 + self.jitter)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the wake-up does, and the loop would then never end.
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-                await asyncio.sleep(self.start_interval * random.uniform(0.5, 1.0))
-            except asyncio.TimeoutError:
-                pass
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                continue
+            await asyncio.sleep(self.start_interval * random.uniform(0.5, 1.0))
 
     async def refresh(self) -> None:
         ids = set(self.watched)
@@ -119,10 +111,11 @@ class QueuePoller:
     async def next_answer(self, timeout: float | None = None) -> None:
         """Wait for the next refresh (whatever its outcome)."""
         event = self._fresh
-        wait = self.start_interval if self.starting else self.interval
+        wait = self.start_interval if self.waited_on else self.interval
         try:
-            await asyncio.wait_for(event.wait(), timeout or wait * 3)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout or wait * 3):
+                await event.wait()
+        except TimeoutError:
             pass
 
     def status(self, job_id: str) -> tuple[str, JobInfo | None]:

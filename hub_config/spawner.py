@@ -1,21 +1,33 @@
 """The hub's spawner: a JupyterLab session as a Slurm job, from a profile.
 
-Built on batchspawner's SlurmSpawner, which keeps the job id in the hub's
-database and gives poll/stop.  What changes, and why:
+Built on JupyterHub's own ``Spawner``, not on batchspawner.  This spawner was a batchspawner
+1.3.0 ``SlurmSpawner`` that replaced nine of its methods and its script template; what it
+still took from it was the job id kept in the hub's state (``get_state``/``load_state``/
+``clear_state``, about twenty lines), ``poll`` (six) and ``stop`` (fifteen), while it carried
+about thirty settings (``req_*``, ``exec_prefix``, ``batch_*_cmd``, ``state_*_re``...) that a
+site could set with no effect, and a shell command runner it never used.  Those few lines are
+here instead, with the same state keys (``job_id``, ``job_status``), so sessions started
+before the change are still found after the hub restarts with it.  Settings meant for
+batchspawner are refused when the spawner is built (:func:`inapplicable_settings`).
+
+What the spawner does, and why:
 
 * options are checked against the site's profiles and the user's own Slurm
   associations and reservations on the server
   (:func:`bioimage_gateway.session_request.resolve_request`) and only the
   checked integers, the site's own names and names Slurm gave for the user
-  reach the batch script;
+  reach the job script;
 * commands run from argv lists through ``sudo -u USER`` with an explicit list
   of variables, never a shell and never ``sudo -E``;
-* starting watches the job every poll interval until the session reports its
+* one poller per hub asks Slurm about every session in one squeue per interval
+  (:class:`~.shared.SharedServices`, made once by ``configure_hub``);
+* starting watches the job every start poll interval until the session reports its
   port, so a job that dies at start fails the spawn at once with Slurm's
   state/reason and the tail of the job log;
 * nodes are shared, so a reported port is routed to only once the server there
   proves it holds the session's own token (a challenge, ``session_proof``);
   a server that cannot fails the spawn and the job is cancelled;
+* a start that fails in any way, or is given up on, cancels its job: none is left behind;
 * a scheduler that does not answer is "unknown", never "job gone", so a
   restarting slurmctld does not stop running sessions.
 """
@@ -23,21 +35,23 @@ database and gives poll/stop.  What changes, and why:
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import json
 import pwd
 import re
 import secrets
 import shlex
+import time
 from importlib import resources
 
-from batchspawner import JobStatus, SlurmSpawner
 from jinja2 import Environment, StrictUndefined
+from jupyterhub.spawner import Spawner
 from jupyterhub.utils import fmt_ip_url
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import url_concat
-from traitlets import Any, Bool, Unicode, default
+from traitlets import Any, Bool, Instance, Unicode, default
 
 from bioimage_gateway.extensions import session_proof
 from bioimage_gateway.session_request import (
@@ -48,21 +62,18 @@ from bioimage_gateway.session_request import (
     resolve_request,
 )
 from bioimage_gateway.settings import GatewaySettings
-from bioimage_gateway.slurm import (
-    JobInfo,
-    SchedulerUnavailable,
-    SlurmClient,
-    SubmitError,
-    check_username,
-)
+from bioimage_gateway.slurm import JobInfo, SchedulerUnavailable, SubmitError, check_username
 
 from . import sudoers as hub_sudoers
 from .cluster_info import ClusterInfo
 from .form import render_options_form
 from .poller import QueuePoller
+from .shared import SharedServices
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TEMPLATES = Environment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
+# How long stop() waits for Slurm to list a cancelled job as ended (batchspawner's 10 s).
+STOP_WAIT_SECONDS = 10
 
 
 @functools.cache
@@ -81,18 +92,60 @@ class SessionStartError(RuntimeError):
         self.jupyterhub_message = f"{message}\n{for_user}" if for_user else message
 
 
+class InapplicableSettings(ValueError):
+    """The hub's configuration sets something this spawner would silently ignore."""
+
+
 def refuse(exc: InvalidRequest) -> web.HTTPError:
     error = web.HTTPError(400, log_message=str(exc))
     error.jupyterhub_message = f"Not started: {exc}"
     return error
 
 
-class GatewaySpawner(SlurmSpawner):
+class JobState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    GONE = "gone"  # left the queue (or never submitted)
+    UNKNOWN = "unknown"  # Slurm did not answer: never read as gone
+
+
+# batchspawner's spawner classes: their configuration sections were read by this spawner
+# while it was one of them, and did nothing.
+BATCHSPAWNER_SECTIONS = ("BatchSpawnerBase", "BatchSpawnerRegexStates", "SlurmSpawner")
+# JupyterHub's settings the session decides itself.
+NOT_SETTABLE = {
+    "ip": "a session listens on its node's address (session.listen_ip in gateway.yaml)",
+    "port": "a session listens on a port its node's kernel picks, and reports it",
+}
+
+
+def inapplicable_settings(config, traits) -> list[str]:
+    """The settings in a hub's configuration (a traitlets Config) that GatewaySpawner, whose
+    configurable traits are ``traits``, would ignore: batchspawner's, names it does not
+    have, and those in :data:`NOT_SETTABLE`."""
+    found = []
+    for section in BATCHSPAWNER_SECTIONS:
+        if section in config:
+            found += [f"c.{section}.{key} (batchspawner's)" for key in config[section]]
+    for section in ("Spawner", "GatewaySpawner"):
+        if section not in config:
+            continue
+        for key in config[section]:
+            if key in NOT_SETTABLE:
+                found.append(f"c.{section}.{key} ({NOT_SETTABLE[key]})")
+            elif key not in traits and not key[:1].isupper():
+                found.append(f"c.{section}.{key} (no such setting)")
+    return found
+
+
+class GatewaySpawner(Spawner):
     """Start a user's JupyterLab as a Slurm job chosen from the site's profiles."""
 
-    settings = Any(help="The site's GatewaySettings (set by jupyterhub_config.py).").tag(
-        config=True
-    )
+    shared = Instance(
+        SharedServices, allow_none=True,
+        help="The hub's settings, Slurm client, queue poller and cluster-info cache "
+        "(one per hub; set by configure_hub).",
+    ).tag(config=True)
 
     launcher = Unicode(
         help="Job-side command that starts the server and reports its port to the hub."
@@ -102,26 +155,52 @@ class GatewaySpawner(SlurmSpawner):
         False, help="Hand the user's OIDC access token to the session (site opt-in)."
     ).tag(config=True)
 
+    # Kept in the hub's database (get_state), under batchspawner's keys.
+    job_id = Unicode()
+    job_status = Unicode()
+    # The queue's last answer about the job (not kept).
+    job_info = Any(None, allow_none=True)
+
     log_tail_lines = 30
     _access_token: str | None = None
     _request: SessionRequest | None = None
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        ignored = inapplicable_settings(self.config, set(self.trait_names(config=True)))
+        if ignored:
+            raise InapplicableSettings(
+                "BioImage Gateway: the hub's configuration sets what its spawner "
+                f"(GatewaySpawner, not batchspawner's) would ignore: {'; '.join(ignored)}. "
+                "A session's resources, partition and account come from the profiles in "
+                "gateway.yaml; remove these settings.")
+        if self.shared is None:
+            raise InapplicableSettings("BioImage Gateway: GatewaySpawner has no "
+                                       "c.GatewaySpawner.shared (configure_hub sets it)")
+
     @default("launcher")
     def _default_launcher(self):
-        return str(self.settings.session.environment / "bin" / "bioimage-gateway-session")
+        return str(self.site.session.environment / "bin" / "bioimage-gateway-session")
 
     @default("cmd")
     def _default_cmd(self):
-        return [str(self.settings.session.environment / "bin" / "jupyterhub-singleuser")]
+        return [str(self.site.session.environment / "bin" / "jupyterhub-singleuser")]
 
     @property
     def site(self) -> GatewaySettings:
-        return self.settings
+        return self.shared.settings
 
     @property
-    def slurm(self) -> SlurmClient:
-        slurm = self.site.slurm
-        return SlurmClient(conf=slurm.conf, bin_dir=slurm.bin_dir, sudo=slurm.sudo)
+    def slurm(self):
+        return self.shared.slurm
+
+    @property
+    def poller(self) -> QueuePoller:
+        return self.shared.poller
+
+    @property
+    def cluster_info(self) -> ClusterInfo:
+        return self.shared.cluster_info
 
     def _groups(self) -> list[str]:
         return [g.name for g in getattr(self.user, "groups", [])]
@@ -131,11 +210,6 @@ class GatewaySpawner(SlurmSpawner):
     @default("options_form")
     def _default_options_form(self):
         return self._render_form
-
-    @property
-    def cluster_info(self) -> ClusterInfo:
-        slurm = self.site.slurm
-        return ClusterInfo.shared(self.slurm, ttl=slurm.live_data_ttl, timeout=slurm.query_timeout)
 
     def _render_form(self, spawner: "GatewaySpawner") -> str:
         groups = self._groups()
@@ -166,7 +240,7 @@ class GatewaySpawner(SlurmSpawner):
         self._request = await self._resolve(self.user_options or {})
         return self._request
 
-    # ---- the job --------------------------------------------------------
+    # ---- what the job gets ------------------------------------------------
 
     async def run_auth_state_hook(self, auth_state):
         # Refreshed just before spawn (refresh_pre_spawn), so the token is current.
@@ -183,7 +257,7 @@ class GatewaySpawner(SlurmSpawner):
         if self.site.session.listen_ip:  # a network: the job listens on its address there
             env["BIOIMAGE_GATEWAY_LISTEN_NETWORK"] = self.site.session.listen_ip
         # The hub's own PATH and virtualenv stay in the hub: the job starts with sudo's
-        # secure_path, and the batch script puts the session environment first.
+        # secure_path, and the job script puts the session environment first.
         env.pop("PATH", None)
         return env
 
@@ -218,7 +292,7 @@ class GatewaySpawner(SlurmSpawner):
     def _log_path(self, home: str) -> str:
         return f"{home}/{self.site.session.log_dir}/jupyter-session-%j.log"
 
-    def batch_script(self, request: SessionRequest, env_names: list[str]) -> str:
+    def job_script(self, request: SessionRequest, env_names: list[str]) -> str:
         unix_user = pwd.getpwnam(check_username(self.user.name))
         profile, charge = request.profile, request.charge
         session_env = self.site.session.environment
@@ -254,22 +328,33 @@ class GatewaySpawner(SlurmSpawner):
                              self.user.name, ", ".join(dropped))
         return passed
 
-    async def submit_batch_script(self):
+    # ---- the job --------------------------------------------------------
+
+    async def submit_job(self) -> str:
         request = await self.session_request()
         self._check_session_count()
         env = self.sudo_environment()
         home = pwd.getpwnam(self.user.name).pw_dir
         await self.slurm.make_user_dir(self.user.name, f"{home}/{self.site.session.log_dir}")
         # PATH is sudo's secure_path; the script puts the session environment first.
-        script = self.batch_script(request, [*env, "PATH"])
+        script = self.job_script(request, [*env, "PATH"])
         self.log.info(
             "Submitting %s session for %s: %s", request.profile.slug, self.user.name,
             request.as_options(),
         )
+        submission = asyncio.ensure_future(self.slurm.submit(self.user.name, script, env))
         try:
-            self.job_id = await self.slurm.submit(self.user.name, script, env)
+            self.job_id = await asyncio.shield(submission)
         except SubmitError as exc:
             raise SessionStartError(f"Slurm refused the session: {exc}") from None
+        except asyncio.CancelledError:
+            # Given up on (start_timeout) while sbatch ran: the job may be queued already.
+            # Let sbatch answer, so that start() cancels the job it made.
+            try:
+                self.job_id = await submission
+            except Exception:  # noqa: BLE001 - no job id, nothing to cancel
+                pass
+            raise
         self.log.info("Session of %s is Slurm job %s", self.user.name, self.job_id)
         return self.job_id
 
@@ -286,55 +371,83 @@ class GatewaySpawner(SlurmSpawner):
             )
             raise error
 
-    @property
-    def poller(self) -> QueuePoller:
-        slurm = self.site.slurm
-        return QueuePoller.shared(self.slurm, slurm.poll_interval, slurm.start_poll_interval)
+    def get_state(self):
+        state = super().get_state()
+        if self.job_id:
+            state["job_id"] = self.job_id
+        if self.job_status:
+            state["job_status"] = self.job_status
+        return state
 
-    async def query_job_status(self):
-        """The job's state from the hub's shared poller (no scheduler call of its own)."""
+    def load_state(self, state):
+        super().load_state(state)
+        self.job_id = state.get("job_id", "")
+        self.job_status = state.get("job_status", "")
+
+    def clear_state(self):
+        if self.job_id:
+            self.poller.unwatch(self.job_id)
+        super().clear_state()
+        self.job_id = ""
+        self.job_status = ""
+        self.job_info = None
+
+    async def job_state(self) -> JobState:
+        """The job as the hub's shared poller last saw it (no scheduler call of its own)."""
         if not self.job_id:
             self.job_status = ""
-            return JobStatus.NOTFOUND
+            return JobState.GONE
         poller = self.poller
         if self.job_id not in poller.watched:
             poller.watch(self.job_id)
             await poller.next_answer()
         where, info = poller.status(self.job_id)
         if where == "unknown":
-            # Never read as "job gone": the session keeps running while slurmctld is away.
-            return JobStatus.UNKNOWN
+            return JobState.UNKNOWN
         self.job_info = info
         if where == "ended":
             self.job_status = ""
-            return JobStatus.NOTFOUND
+            return JobState.GONE
         self.job_status = f"{info.state} {info.node}".strip()
         if info.running:
-            return JobStatus.RUNNING
+            return JobState.RUNNING
         if info.pending:
-            return JobStatus.PENDING
-        return JobStatus.NOTFOUND
+            return JobState.PENDING
+        return JobState.GONE
 
-    def clear_state(self):
-        if self.job_id:
-            self.poller.unwatch(self.job_id)
-        super().clear_state()
+    async def poll(self):
+        """None while the job is queued, running or Slurm does not answer; 1 once it is gone."""
+        if await self.job_state() is JobState.GONE:
+            self.clear_state()
+            return 1
+        return None
 
-    async def cancel_batch_job(self):
+    async def cancel_job(self):
         if self.job_id:
             self.log.info("Cancelling Slurm job %s of %s", self.job_id, self.user.name)
             await self.slurm.cancel(self.user.name, self.job_id)
 
-    job_info = Any(None, allow_none=True)
-
-    def state_gethost(self):
-        return self.job_info.node if self.job_info else ""
-
-    def state_ispending(self):
-        return bool(self.job_info and self.job_info.pending)
-
-    def state_isrunning(self):
-        return bool(self.job_info and self.job_info.running)
+    async def stop(self, now=False):
+        """Cancel the job; unless ``now``, wait (a while) until Slurm no longer runs it."""
+        job_id = self.job_id
+        if not job_id:
+            return
+        await self.cancel_job()
+        if now:
+            return
+        poller = self.poller
+        poller.watch(job_id, waiting=True)  # the user waits: ask at the start interval
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                # Only answers from after the cancel count.
+                await poller.next_answer(timeout=max(0.1, deadline - time.monotonic()))
+                if await self.job_state() not in (JobState.RUNNING, JobState.UNKNOWN):
+                    return
+        finally:
+            poller.done_waiting(job_id)
+        self.log.warning("Slurm job %s of %s still runs %d s after it was cancelled",
+                         job_id, self.user.name, STOP_WAIT_SECONDS)
 
     async def _failure(self, summary: str) -> SessionStartError:
         """Describe how the job ended, with the tail of its log."""
@@ -346,7 +459,7 @@ class GatewaySpawner(SlurmSpawner):
             except SchedulerUnavailable:
                 pass
         how = record.describe() if record else "it left the queue"
-        # The path the batch script gave the job (--output), not one read back from Slurm.
+        # The path the job script gave the job (--output), not one read back from Slurm.
         log_path = self._log_path(pwd.getpwnam(self.user.name).pw_dir).replace("%j", job_id)
         tail = await self.slurm.tail_file(self.user.name, log_path, self.log_tail_lines)
         message = f"{summary}: Slurm job {job_id} ended ({how})."
@@ -365,23 +478,23 @@ class GatewaySpawner(SlurmSpawner):
         self.job_info = None
         if self.server:
             self.server.port = self.port
-        await self.submit_batch_script()
         try:
+            await self.submit_job()
             return await self._wait_for_session()
         except BaseException:
-            # Timed out, cancelled or failed: leave no job behind.
+            # Refused, timed out, cancelled or failed: leave no job behind.
             try:
-                await self.cancel_batch_job()
+                await self.cancel_job()
             except Exception as exc:  # noqa: BLE001
                 self.log.error("Could not cancel job %s: %s", self.job_id, exc)
             raise
 
     async def _wait_for_session(self):
-        self.poller.watch(self.job_id, starting=True)
+        self.poller.watch(self.job_id, waiting=True)
         try:
             return await self._poll_until_up()
         finally:
-            self.poller.started(self.job_id)
+            self.poller.done_waiting(self.job_id)
 
     async def _node_address(self, node: str) -> str:
         for attempt in range(3):
@@ -394,18 +507,17 @@ class GatewaySpawner(SlurmSpawner):
 
     async def _poll_until_up(self):
         while True:
-            status = await self.query_job_status()
-            if status is JobStatus.NOTFOUND:
+            state = await self.job_state()
+            if state is JobState.GONE:
                 failure = await self._failure("The session did not start")
                 self.clear_state()
                 raise failure
-            if status is JobStatus.RUNNING and self.port:
+            if state is JobState.RUNNING and self.port:
                 break
             await self.poller.next_answer()
         # The node's address on the cluster network (NodeAddr), where the proxy reaches it.
-        self.ip = await self._node_address(self.state_gethost())
+        self.ip = await self._node_address(self.job_info.node)
         await self._check_identity()
-        self.db.commit()
         self.log.info(
             "Session of %s (job %s) is up at %s:%s", self.user.name, self.job_id, self.ip, self.port
         )
@@ -436,7 +548,7 @@ class GatewaySpawner(SlurmSpawner):
                          self.user.name, self.job_id, where, answered)
         raise SessionStartError(
             f"The session did not start: the server on port {self.port} of its node "
-            f"({self.state_gethost()}) could not prove it is this session ({answered}); "
+            f"({self.job_info.node}) could not prove it is this session ({answered}); "
             f"nothing was routed to it, and Slurm job {self.job_id} is cancelled.")
 
     async def progress(self):
@@ -476,8 +588,3 @@ def _proof_in(response) -> str | None:
     except ValueError:
         return None
     return answer.get("proof") if isinstance(answer, dict) else None
-
-
-def session_port_is_settable(spawner) -> bool:
-    """Only a session that is starting and has not reported a port may report one."""
-    return bool(spawner.pending == "spawn" and not spawner.port)
