@@ -42,9 +42,12 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
-    if c.JupyterHub.db_url.startswith("sqlite"):
-        database.use_sqlite_wal()
-    collector.tune()
+    # Each kept for what switching it off costs a sign-in burst (the figures are in
+    # core/examples/gateway.example.yaml; benchmarks/scale.py --only logins --hubs ...).
+    if hub.sqlite_wal and c.JupyterHub.db_url.startswith("sqlite"):
+        c.JupyterHub.db_kwargs = database.sqlite_wal_kwargs()
+    if hub.gc_freeze:
+        collector.tune()
     c.JupyterHub.cookie_secret_file = str(_secret_file(data_dir / "cookie_secret"))
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
     # Sessions are Slurm jobs that outlive a hub restart; the hub must not stop them.
