@@ -7,7 +7,9 @@ its own cookie jar and connections and follows redirects itself, so every
 request is timed on its own and attributed to the hub or to the identity
 provider.  Beside the client-side times, the hub's own time per request is
 read from its log (JupyterHub logs every request's duration), and the CPU
-seconds each process used during the round are read from /proc.
+seconds each process used during the round are read from /proc.  Hubs are compared in
+paired rounds (:func:`paired_rounds`): the same users on each hub in turn, the order turning
+from round to round, so that what else the machine does hits each of them alike.
 """
 
 from __future__ import annotations
@@ -246,4 +248,124 @@ def summary(result: RoundResult, hub_times: dict[str, list[float]], cpu: dict[st
                  f"serial hub work for all {result.users}: {cpu.get('hub', 0):.1f} s; all our "
                  f"processes' work spread over {os.cpu_count()} cores: "
                  f"{ours / os.cpu_count():.1f} s")
+    return lines
+
+
+@dataclass
+class LoginHub:
+    """One hub of a paired run: where users sign in, its log, the processes whose CPU counts."""
+
+    name: str
+    url: str
+    log: Path
+    pids: dict[str, int | None]
+
+
+@dataclass
+class HubRound:
+    """One hub's round of a paired run; cycle 0 is the users' first sign-in there."""
+
+    hub: str
+    cycle: int
+    arrivals: float
+    result: RoundResult
+    cpu: dict[str, float]
+
+    @property
+    def p95(self) -> float:
+        """The p95 of the hub's responses as the browsers saw them: the figure compared."""
+        return percentile(self.result.times("hub"), 0.95)
+
+    @property
+    def sign_in_p95(self) -> float:
+        return percentile(self.result.login_seconds, 0.95)
+
+    @property
+    def hub_cpu_per_sign_in(self) -> float:
+        return self.cpu.get("hub", 0.0) / self.result.users
+
+    @property
+    def others_share(self) -> float:
+        """The part of the machine's CPU that other people's work took during the round."""
+        ours = sum(s for name, s in self.cpu.items() if name != "whole machine")
+        capacity = self.result.elapsed * (os.cpu_count() or 1)
+        return max(0.0, self.cpu.get("whole machine", 0.0) - ours) / capacity
+
+
+def measured_round(hub: LoginHub, users: list[str], password_of, arrivals: float,
+                   cycle: int) -> tuple[HubRound, dict[str, list[float]]]:
+    """One round on one hub, with the CPU each process used and the hub's own times."""
+    with CpuMeter(hub.pids) as cpu:
+        result = login_round(hub.url, users, password_of, arrivals)
+    server = hub_request_times(hub.log, result.started_wall, result.ended_wall, set(users))
+    return HubRound(hub.name, cycle, arrivals, result, cpu.used), server
+
+
+def _arrivals_label(arrivals: float) -> str:
+    return f"arriving over {arrivals:.0f} s" if arrivals else "all at once"
+
+
+def paired_rounds(hubs: list[LoginHub], users: list[str], password_of, ramps: list[float],
+                  cycles: int, first_ramp: float, show=print) -> list[HubRound]:
+    """The same users sign in on each hub in turn, round after round, so that what else the
+    machine does hits every hub alike: first each user's first sign-in (cycle 0), then
+    ``cycles`` cycles of one round per hub per ramp.  The order of the hubs turns from one
+    round to the next (A B, B A, ...), so no hub always goes first."""
+    rounds: list[HubRound] = []
+    plan = [(0, first_ramp)] + [(cycle, arrivals) for cycle in range(1, cycles + 1)
+                                for arrivals in ramps]
+    for turn, (cycle, arrivals) in enumerate(plan):
+        shift = turn % len(hubs)
+        label = "first sign-in" if cycle == 0 else f"cycle {cycle}"
+        figures = []
+        for hub in hubs[shift:] + hubs[:shift]:
+            done, server = measured_round(hub, users, password_of, arrivals, cycle)
+            rounds.append(done)
+            show(f"  {hub.name}, {label}, {len(users)} users {_arrivals_label(arrivals)} "
+                 f"(load average before: {Path('/proc/loadavg').read_text().split()[0]}):")
+            for line in summary(done.result, server, done.cpu):
+                show(f"    {line}")
+            for error in done.result.errors[:3]:
+                show(f"    error: {error}")
+            figures.append(f"{hub.name} {done.p95 * 1000:.0f} ms")
+        show(f"  => {label}, {_arrivals_label(arrivals)}: hub responses p95 "
+             + ", ".join(figures))
+    return rounds
+
+
+def ratio_lines(rounds: list[HubRound], baseline: str, goal: float | None = None) -> list[str]:
+    """Per hub and ramp: each cycle's p95 against the baseline's in the same cycle, their
+    median and the worst; the same for the hub's CPU per sign-in."""
+    by_key = {(r.hub, r.cycle, r.arrivals): r for r in rounds}
+    hubs = list(dict.fromkeys(r.hub for r in rounds))
+    ramps = list(dict.fromkeys(r.arrivals for r in rounds if r.cycle > 0))
+    lines = []
+    for arrivals in ramps:
+        for hub in hubs:
+            if hub == baseline:
+                continue
+            pairs = [(r, by_key[(baseline, r.cycle, arrivals)]) for r in rounds
+                     if r.hub == hub and r.cycle > 0 and r.arrivals == arrivals]
+            p95s = [mine.p95 / base.p95 for mine, base in pairs]
+            cpus = [mine.hub_cpu_per_sign_in / base.hub_cpu_per_sign_in for mine, base in pairs]
+            errors = sum(len(mine.result.errors) + len(base.result.errors) for mine, base in pairs)
+            verdict = "" if goal is None else (
+                f" (goal <= {goal:.2f}: {'met' if max(p95s) <= goal else 'NOT met'} by the "
+                f"worst, {'met' if statistics.median(p95s) <= goal else 'NOT met'} by the median)")
+            lines += [
+                f"{hub}/{baseline}, {_arrivals_label(arrivals)}: hub responses p95 per cycle "
+                + ", ".join(f"{mine.p95 * 1000:.0f}/{base.p95 * 1000:.0f} ms" for mine, base in pairs),
+                f"    ratios {', '.join(f'{x:.3f}' for x in p95s)}: median {statistics.median(p95s):.3f}, "
+                f"worst {max(p95s):.3f}{verdict}",
+                f"    hub CPU per sign-in ratios {', '.join(f'{x:.3f}' for x in cpus)}: "
+                f"median {statistics.median(cpus):.3f}; errors in these rounds: {errors}",
+            ]
+    first = {r.hub: r for r in rounds if r.cycle == 0}
+    if baseline in first and len(first) > 1:
+        lines.append("first sign-in: hub responses p95 " + ", ".join(
+            f"{hub} {r.p95 * 1000:.0f} ms ({r.p95 / first[baseline].p95:.3f} of {baseline}'s)"
+            for hub, r in first.items()))
+    shares = sorted(r.others_share for r in rounds)
+    lines.append(f"other people's work during the rounds: {shares[0]:.0%} to {shares[-1]:.0%} of "
+                 f"the machine's {os.cpu_count()} cores (median {statistics.median(shares):.0%})")
     return lines

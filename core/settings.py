@@ -111,6 +111,16 @@ class HubSettings(_Model):
         default="",
         description="Shown on the home and spawn pages (HTML allowed: written by the site).",
     )
+    sqlite_wal: bool = Field(
+        default=True,
+        description="The SQLite database in write-ahead-log mode, synced at checkpoints "
+        "(a power cut can lose the last commits, never the database).",
+    )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Objects alive once the hub has loaded are kept out of the garbage "
+        "collector's full passes, and young passes run less often.",
+    )
 
 
 class DummyAuth(_Model):

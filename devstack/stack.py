@@ -318,7 +318,10 @@ class Devstack:
         idp_users: list[dict] | None = None,
         accounting: bool | None = None,
         idp_email_scope_mapping: str = "authentik-default",
+        idp_clients: list[dict] | None = None,
     ) -> dict:
+        """``idp_clients``: OIDC clients the IdP knows besides the stack's hub (other hubs on
+        other ports: ``{"client_id", "client_secret", "redirect_uris", ...}``)."""
         if os.geteuid() != 0:
             raise RuntimeError("devstack up runs as root: it starts Slurm and creates Unix users")
         # Made here (0700), or one that only root can have written: never one a local user
@@ -359,7 +362,7 @@ class Devstack:
                 "client_id": OIDC_CLIENT_ID,
                 "redirect_uris": [urls["callback"]],
                 "post_logout_redirect_uris": [urls["after_logout"]],
-            }],
+            }, *(idp_clients or [])],
             email_scope_mapping=idp_email_scope_mapping,
         )
         data_pids: dict = {}

@@ -18,7 +18,7 @@ from jupyterhub.log import log_request
 
 from bioimage_gateway.settings import GatewaySettings
 
-from . import collector, database, port_api, user_lookups
+from . import collector, database, port_api
 from .shared import SharedServices
 from .spawner import GatewaySpawner
 
@@ -43,13 +43,12 @@ def configure_hub(c, settings: GatewaySettings) -> None:
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
-    if c.JupyterHub.db_url.startswith("sqlite"):
-        database.tune_sqlite()
-    # The hub's per-request work in a burst of sign-ins: no reloads of users it holds,
-    # one commit per sign-in, no full garbage collections walking its long-lived objects.
-    user_lookups.install()
-    database.stamp_sign_in_activity()
-    collector.tune()
+    # Each kept for what switching it off costs a sign-in burst (the figures are in
+    # core/examples/gateway.example.yaml; benchmarks/scale.py --only logins --hubs ...).
+    if hub.sqlite_wal and c.JupyterHub.db_url.startswith("sqlite"):
+        c.JupyterHub.db_kwargs = database.sqlite_wal_kwargs()
+    if hub.gc_freeze:
+        collector.tune()
     c.JupyterHub.cookie_secret_file = str(_secret_file(data_dir / "cookie_secret"))
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
     # Sessions are Slurm jobs that outlive a hub restart; the hub must not stop them.

@@ -1,111 +1,45 @@
-"""The hub's database: no connection check transactions on SQLite, one commit per sign-in."""
+"""The hub's SQLite database: in write-ahead-log mode unless the site switches it off."""
 
 from __future__ import annotations
 
-import datetime
+import sqlite3
+from pathlib import Path
 
-import pytest
+from configured_hub import configured_hub
 from jupyterhub import orm
-from sqlalchemy import create_engine, event
-from sqlalchemy.orm import Session
-
-from bioimage_gateway.hub_config import database
 
 
-def statements(engine, action) -> list[str]:
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_):
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
+def hub_database(tmp_path: Path, **hub) -> tuple[Path, int]:
+    """The hub's database file once JupyterHub has opened it with the gateway's
+    configuration and stored a user, and the synchronous level of the hub's connection."""
+    c = configured_hub(tmp_path, **hub)
+    # What JupyterHub does with the configuration when it starts (JupyterHub.init_db).
+    session = orm.new_session_factory(c.JupyterHub.db_url, **c.JupyterHub.get("db_kwargs", {}))()
     try:
-        action()
+        session.add(orm.User(name="ada"))
+        session.commit()
+        synchronous = session.execute(orm.text("PRAGMA synchronous")).scalar()
     finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return seen
+        session.close()
+        session.get_bind().dispose()
+    return tmp_path / "hub" / "jupyterhub.sqlite", synchronous
 
 
-def transactions(session) -> None:
-    for n in range(3):
-        orm.User.find(session, "ada")
-        session.commit()
+def journal_mode(database: Path) -> str:
+    """The mode recorded in the file, as any other program opening it finds it."""
+    with sqlite3.connect(database) as reader:
+        return reader.execute("PRAGMA journal_mode").fetchone()[0]
 
 
-@pytest.fixture
-def unpatched():
-    """JupyterHub's own connection check, put back after the test."""
-    original = orm.register_ping_connection
-    while hasattr(orm.register_ping_connection, "wrapped"):
-        orm.register_ping_connection = orm.register_ping_connection.wrapped
-    jupyterhub_check = orm.register_ping_connection
-    yield jupyterhub_check
-    orm.register_ping_connection = original
+def test_the_hubs_database_is_in_wal_mode_synced_at_checkpoints(tmp_path):
+    database, synchronous = hub_database(tmp_path)
+    assert journal_mode(database) == "wal"
+    assert synchronous == 1  # NORMAL: a commit is a write to the log, no fsync
+    with sqlite3.connect(database) as reader:  # what the hub committed is there
+        assert reader.execute("SELECT name FROM users").fetchall() == [("ada",)]
 
 
-def new_session(tmp_path) -> Session:
-    session = orm.new_session_factory(f"sqlite:///{tmp_path / 'hub.sqlite'}", reset=True)()
-    session.add(orm.User(name="ada"))
-    session.commit()
-    return session
-
-
-def test_a_sqlite_hub_runs_no_connection_check_per_transaction(tmp_path, unpatched):
-    (tmp_path / "stock").mkdir()
-    stock = new_session(tmp_path / "stock")
-    seen_stock = statements(stock.get_bind(), lambda: transactions(stock))
-    assert seen_stock.count("SELECT 1") == 3
-    stock.close()
-
-    database.skip_sqlite_connection_check()
-    database.skip_sqlite_connection_check()  # configuring twice wraps once
-    assert orm.register_ping_connection.wrapped is unpatched
-    ours = new_session(tmp_path)
-    seen = statements(ours.get_bind(), lambda: transactions(ours))
-    assert "SELECT 1" not in seen
-    assert seen == [s for s in seen_stock if s != "SELECT 1"]  # the lookups themselves run
-    ours.close()
-
-
-def test_a_postgresql_hub_keeps_jupyterhubs_connection_check(unpatched):
-    database.skip_sqlite_connection_check()
-    engine = create_engine("postgresql+psycopg://hub@127.0.0.1:9/jupyterhub")
-    before = len(engine.dispatch.engine_connect)
-    orm.register_ping_connection(engine)
-    assert len(engine.dispatch.engine_connect) == before + 1
-
-
-@pytest.fixture
-def stamping():
-    database.stamp_sign_in_activity()
-    yield
-    event.remove(Session, "before_flush", database._stamp_sign_in)
-
-
-def test_a_sign_in_records_the_users_activity_in_the_same_commit(tmp_path, stamping):
-    session = new_session(tmp_path)
-    user = orm.User.find(session, "ada")
-    user.last_activity = datetime.datetime(2026, 1, 1)
-    session.commit()
-
-    def sign_in():
-        user.encrypted_auth_state = b"tokens of this sign-in"
-        session.commit()
-
-    before = datetime.datetime.utcnow()
-    writes = [s for s in statements(session.get_bind(), sign_in) if s.startswith("UPDATE")]
-    assert len(writes) == 1 and "last_activity" in writes[0]
-    assert user.last_activity >= before
-    # The next page within JupyterHub's activity resolution (30 s) then commits nothing.
-    fresh = session.query(orm.User).filter_by(name="ada").one()
-    assert (datetime.datetime.utcnow() - fresh.last_activity).total_seconds() < 30
-
-
-def test_other_changes_to_a_user_are_not_activity(tmp_path, stamping):
-    session = new_session(tmp_path)
-    user = orm.User.find(session, "ada")
-    user.last_activity = stamp = datetime.datetime(2026, 1, 1)
-    session.commit()
-    user.admin = True  # an admin's change, not the user's doing
-    session.commit()
-    assert session.query(orm.User).filter_by(name="ada").one().last_activity == stamp
+def test_a_site_can_keep_sqlites_rollback_journal(tmp_path):
+    database, synchronous = hub_database(tmp_path, sqlite_wal=False)
+    assert journal_mode(database) == "delete"
+    assert synchronous == 2  # SQLite's default, FULL
